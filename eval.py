@@ -1,0 +1,170 @@
+"""Evaluate a tokenizer checkpoint: rFID, PSNR, SSIM, LPIPS and codebook usage over a val set, on one or many GPUs.
+
+    python eval.py ckpt=<file> data=<val data> data.image_size=256 [model=<released arch>] [metrics=[psnr,ssim,usage]]
+    torchrun --nproc_per_node=8 eval.py ckpt=<file> ...
+
+Writes to the run dir (`hydra.run.dir`): `metrics.json`, `images/reconstructions.png`, and prints a table plus a
+markdown row of the seed's results table. See docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from openmagvit2 import weights
+from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
+                              save_reconstruction_grid)
+from openmagvit2.eval.report import SEED_TABLE_HEADER, markdown_row, print_results, write_metrics_json
+from openmagvit2.eval.runner import AUTOCAST_DTYPES
+
+
+class ConfigError(ValueError):
+    """A bad command-line value; reported as one line, without a traceback."""
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Check the eval keys before anything is built; returns the resolved metric names."""
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("ckpt is required: python eval.py ckpt=<checkpoint .pt/.ckpt or save_pretrained folder>.")
+    if not Path(cfg.ckpt).exists():
+        raise ConfigError(f"ckpt={cfg.ckpt} does not exist; pass the path of a checkpoint file or folder.")
+    try:
+        metrics = resolve_metrics(list(cfg.metrics))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    checks = [("fid_mode", cfg.fid_mode, FID_MODES), ("uint8", cfg.uint8, UINT8_MODES),
+              ("precision", cfg.precision, tuple(AUTOCAST_DTYPES))]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(f"{key}={value} is not allowed; use one of {list(allowed)}.")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1.")
+    if cfg.max_images is not None and int(cfg.max_images) < 2 and "rfid" in metrics:
+        raise ConfigError(f"max_images={cfg.max_images} is too small for rfid (needs >= 2 images).")
+    if int(cfg.grid_images) < 0:
+        raise ConfigError(f"grid_images={cfg.grid_images} must be >= 0.")
+    return metrics
+
+
+def architecture_override(cfg: DictConfig) -> dict[str, Any] | None:
+    """The model/quantizer groups when the command line chose them, else None (the checkpoint's own architecture)."""
+    overrides = HydraConfig.get().overrides.task
+    if not any(item.lstrip("+~").startswith(("model=", "model.", "quantizer=", "quantizer.")) for item in overrides):
+        return None
+    hparams = {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.quantizer,
+                                                                                             resolve=True)}
+    hparams.pop("name", None)
+    return hparams
+
+
+class GridKeeper:
+    """Keeps the first `count` originals and reconstructions seen on this rank, on the CPU, for the PNG grid."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.images: list[torch.Tensor] = []
+        self.reconstructions: list[torch.Tensor] = []
+
+    def __call__(self, images: torch.Tensor, reconstructions: torch.Tensor) -> None:
+        kept = sum(batch.shape[0] for batch in self.images)
+        if kept < self.count:
+            self.images.append(images[: self.count - kept].cpu())
+            self.reconstructions.append(reconstructions[: self.count - kept].cpu())
+
+    def save(self, path: Path) -> Path | None:
+        if not self.images:
+            return None
+        return save_reconstruction_grid(torch.cat(self.images), torch.cat(self.reconstructions), path,
+                                        nrow=min(self.count, 8))
+
+
+def train_resolution(ckpt: Path) -> int | None:
+    """The training image size stored in our checkpoints' config (None for released files or folders)."""
+    if not ckpt.is_file():
+        return None
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        return int(state["config"]["data"]["image_size"])
+    except Exception:  # only a label in the markdown row: released/legacy files simply have no such entry
+        return None
+
+
+def log_to_wandb(cfg: DictConfig, results: dict[str, float], run_dir: Path, grid: Path | None) -> None:
+    from openmagvit2.train.tracking import resolve_wandb_mode
+
+    mode = resolve_wandb_mode(str(cfg.logger.mode))
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
+                     name=cfg.logger.name or f"eval-{run_dir.name}", tags=list(cfg.logger.tags or []),
+                     job_type="eval", dir=str(run_dir), mode=mode,
+                     config=OmegaConf.to_container(cfg, resolve=True), settings=wandb.Settings(quiet=True))
+    run.summary.update({f"eval/{key}": value for key, value in results.items()})
+    if grid is not None:
+        run.log({"eval/reconstructions": wandb.Image(str(grid))})
+    run.finish(quiet=True)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    metrics = validate(cfg)
+    # Refuse before building anything when a feature network's weights are not on disk.
+    weights.require(required_weights(metrics, cfg.fid_mode))
+
+    from openmagvit2.data import build_val_loader
+    from openmagvit2.models import Tokenizer
+    from openmagvit2.train.distributed import init_distributed, shutdown_distributed
+
+    ctx = init_distributed(str(cfg.device))
+    try:
+        torch.manual_seed(int(cfg.seed))
+        ckpt = Path(cfg.ckpt)
+        tokenizer = Tokenizer.from_checkpoint(ckpt, model=architecture_override(cfg), use_ema=bool(cfg.use_ema))
+        tokenizer = tokenizer.to(ctx.device)
+        loader = build_val_loader(cfg.data, int(cfg.batch_size), ctx.rank, ctx.world_size, cfg.max_images)
+        grid = GridKeeper(int(cfg.grid_images) if ctx.is_main else 0)
+        results = evaluate(tokenizer, loader, metrics, ctx.device, fid_mode=cfg.fid_mode, uint8_mode=cfg.uint8,
+                           precision=cfg.precision, on_batch=grid)
+        if ctx.is_main:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            grid_path = grid.save(run_dir / "images" / "reconstructions.png")
+            hparams = tokenizer.hparams
+            name = cfg.name or ckpt.stem
+            row = markdown_row(results, name, train_resolution(ckpt), int(cfg.data.image_size),
+                               tokenizer.downsample_factor, int(hparams["codebook_bits"]))
+            write_metrics_json(run_dir / "metrics.json", results, {
+                "ckpt": str(ckpt.resolve()), "model": name, "tokenizer_hparams": hparams,
+                "image_size": int(cfg.data.image_size), "data": OmegaConf.to_container(cfg.data, resolve=True),
+                "fid_mode": cfg.fid_mode, "uint8": cfg.uint8, "precision": cfg.precision, "use_ema": cfg.use_ema,
+                "world_size": ctx.world_size, "markdown_row": row,
+                "notes": "psnr/ssim: per image on 8-bit images, averaged over images (the reference v1 script "
+                         "computed PSNR per batch); usage: fraction of codes used at least once.",
+            })
+            print_results(results, f"{name} @ {int(cfg.data.image_size)}px", cfg.fid_mode)
+            print(SEED_TABLE_HEADER)
+            print(row)
+            print(f"wrote {run_dir / 'metrics.json'}" + (f" and {grid_path}" if grid_path else ""))
+            log_to_wandb(cfg, results, run_dir, grid_path)
+        return results
+    finally:
+        shutdown_distributed()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, weights.MissingWeightsError) as error:
+        print(f"eval.py: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

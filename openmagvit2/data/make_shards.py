@@ -1,0 +1,224 @@
+"""Convert an image folder (``<split>/<synset>/*.JPEG`` or any folder of images) into WebDataset tar shards.
+
+    python -m openmagvit2.data.make_shards --src imagenet/train --out shards/imagenet [--shard-size 1000] [--workers 8]
+
+writes ``<out>/<prefix>-000000.tar`` ... (``prefix`` defaults to the source folder's name, e.g. ``train``) and the
+index ``<out>/<prefix>.json`` (class names, count per shard, total). Each sample holds the file's original encoded
+bytes under its extension (``.jpg`` for ``.JPEG``), the class index as text (``.cls``; absent for images outside a
+class folder) and the source path relative to ``--src`` (``.path``).
+
+Samples are shuffled once with ``--seed`` (so each shard mixes classes and a small streaming shuffle buffer
+suffices); ``--no-shuffle`` keeps the sorted order. Every shard is written to a temporary file and renamed when
+complete, so an interrupted conversion leaves only whole shards, and re-running the same command skips them. A
+``<prefix>.plan.json`` fingerprint refuses to resume over shards made from different inputs or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import webdataset as wds
+
+from .folder import UNLABELED, FolderListing, scan_image_folder
+
+INDEX_FORMAT = "openmagvit2-shards"
+INDEX_VERSION = 1
+EXTENSION_ALIASES = {"jpeg": "jpg", "jfif": "jpg", "tiff": "tif"}
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: its file name and the (global sample number, relative path, label) rows it holds."""
+
+    name: str
+    rows: list[tuple[int, str, int]]
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def field_for(path: str) -> str:
+    """The WebDataset field (extension) an image is stored under: ``a.JPEG`` -> ``jpg``."""
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    return EXTENSION_ALIASES.get(extension, extension)
+
+
+def plan_shards(listing: FolderListing, prefix: str, shard_size: int, shuffle: bool, seed: int) -> list[ShardTask]:
+    """Assign samples to shards: a seeded permutation (or the sorted order) cut into ``shard_size`` chunks."""
+    count = len(listing)
+    order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)
+    tasks = []
+    for shard, start in enumerate(range(0, count, shard_size)):
+        rows = [(int(n), listing.paths[i], listing.labels[i])
+                for n, i in zip(range(start, start + shard_size), order[start : start + shard_size])]
+        tasks.append(ShardTask(name=f"{prefix}-{shard:06d}.tar", rows=rows))
+    return tasks
+
+
+def fingerprint(listing: FolderListing, tasks: Sequence[ShardTask]) -> str:
+    """A hash of the classes and of every shard's content plan: equal plans produce identical shards."""
+    digest = hashlib.sha256(json.dumps(listing.classes).encode())
+    for task in tasks:
+        digest.update(json.dumps([task.name, task.rows]).encode())
+    return digest.hexdigest()
+
+
+def write_shard(task: ShardTask, src: str, out: str) -> tuple[str, int, int]:
+    """Write one shard atomically; returns (name, samples, unlabeled samples)."""
+    final = os.path.join(out, task.name)
+    temporary = f"{final}.tmp-{os.getpid()}"
+    unlabeled = 0
+    with open(temporary, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=False, mtime=0)
+        for number, relative, label in task.rows:
+            try:
+                with open(os.path.join(src, relative), "rb") as handle:
+                    data = handle.read()
+            except OSError as error:
+                raise OSError(f"cannot read {os.path.join(src, relative)}: {error}; fix its permissions or remove it "
+                              "and re-run (finished shards are kept).") from error
+            sample = {"__key__": f"{number:09d}", field_for(relative): data, "path": relative.encode("utf-8")}
+            if label == UNLABELED:
+                unlabeled += 1
+            else:
+                sample["cls"] = str(label).encode("ascii")
+            writer.write(sample)
+        writer.close()
+    os.replace(temporary, final)
+    return task.name, len(task.rows), unlabeled
+
+
+def _write_shard_star(arguments: tuple[ShardTask, str, str]) -> tuple[str, int, int]:
+    return write_shard(*arguments)
+
+
+def _count_unlabeled(task: ShardTask) -> int:
+    return sum(1 for _, _, label in task.rows if label == UNLABELED)
+
+
+class _Progress:
+    """A rich progress bar on a terminal, a plain line every ~5% otherwise (cluster job logs)."""
+
+    def __init__(self, total_images: int, done_images: int):
+        self.total = total_images
+        self.done = done_images
+        self.started = time.monotonic()
+        self.last_percent = -5
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("writing shards", total=total_images, completed=done_images)
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done)
+            return
+        percent = 100 * self.done // max(1, self.total)
+        if percent >= self.last_percent + 5 or self.done == self.total:
+            self.last_percent = percent
+            rate = self.done / max(1e-9, time.monotonic() - self.started)
+            print(f"[make_shards] {self.done}/{self.total} images ({percent}%), {rate:.0f} images/s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def convert(src: str, out: str, prefix: str | None = None, shard_size: int = 1000, workers: int = 1,
+            shuffle: bool = True, seed: int = 0) -> dict:
+    """Convert ``src`` into shards under ``out`` (resuming if possible) and return the index written next to them."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size={shard_size} must be at least 1.")
+    src = os.path.abspath(src)
+    prefix = prefix or os.path.basename(src.rstrip(os.sep))
+    listing = scan_image_folder(src, "--src")
+    tasks = plan_shards(listing, prefix, shard_size, shuffle, seed)
+    os.makedirs(out, exist_ok=True)
+    plan_path = os.path.join(out, f"{prefix}.plan.json")
+    plan = {"fingerprint": fingerprint(listing, tasks), "src": src, "shard_size": shard_size, "shuffle": shuffle,
+            "seed": seed, "shards": len(tasks)}
+    if os.path.exists(plan_path):
+        with open(plan_path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+        if previous.get("fingerprint") != plan["fingerprint"]:
+            raise ValueError(f"{out} holds '{prefix}' shards made from other inputs or settings ({plan_path}): "
+                             "use a new --out or --prefix, or delete the old shards.")
+    write_json_atomic(plan_path, plan)
+
+    pending = [task for task in tasks if not os.path.exists(os.path.join(out, task.name))]
+    done_images = sum(len(task.rows) for task in tasks) - sum(len(task.rows) for task in pending)
+    if len(pending) < len(tasks):
+        print(f"[make_shards] resuming: {len(tasks) - len(pending)} of {len(tasks)} shards already written", flush=True)
+    progress = _Progress(len(listing), done_images)
+    try:
+        arguments = [(task, src, out) for task in pending]
+        if workers > 1 and len(pending) > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for _, count, _ in pool.imap_unordered(_write_shard_star, arguments):
+                    progress.advance(count)
+        else:
+            for argument in arguments:
+                progress.advance(_write_shard_star(argument)[1])
+    finally:
+        progress.close()
+
+    index = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "src": src,
+        "prefix": prefix,
+        "classes": listing.classes,
+        "total": len(listing),
+        "unlabeled": sum(_count_unlabeled(task) for task in tasks),
+        "shuffled": shuffle,
+        "seed": seed,
+        "shards": [{"name": task.name, "count": len(task.rows), "unlabeled": _count_unlabeled(task)}
+                   for task in tasks],
+    }
+    index_path = os.path.join(out, f"{prefix}.json")
+    write_json_atomic(index_path, index)
+    print(f"[make_shards] {len(listing)} images ({len(listing.classes)} classes) in {len(tasks)} shards: "
+          f"{os.path.join(out, prefix)}-{{000000..{len(tasks) - 1:06d}}}.tar, index {index_path}", flush=True)
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m openmagvit2.data.make_shards", description=__doc__.split("\n")[0])
+    parser.add_argument("--src", required=True, help="image folder: <src>/<class>/*.JPEG and/or loose images")
+    parser.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar and <prefix>.json")
+    parser.add_argument("--prefix", default=None, help="shard name prefix (default: the name of --src, e.g. train)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                        help="shards written in parallel (default: min(8, CPUs))")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the one-off sample shuffle (default 0)")
+    parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted order instead of shuffling")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.src, args.out, args.prefix, args.shard_size, args.workers, not args.no_shuffle, args.seed)
+    except (ValueError, OSError) as error:
+        print(f"make_shards: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

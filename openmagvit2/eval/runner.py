@@ -1,0 +1,124 @@
+"""The evaluation loop: reconstruct every batch once, feed all selected metrics, reduce across ranks, compute."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from openmagvit2.eval.batch import EvalBatch, Metric
+from openmagvit2.eval.fid import FID, FeatureExtractor, check_mode
+from openmagvit2.eval.images import UINT8_MODES
+from openmagvit2.eval.perceptual import LPIPS
+from openmagvit2.eval.pixel import PSNR, SSIM
+from openmagvit2.eval.selection import resolve_metrics
+from openmagvit2.eval.usage import CodebookUsage
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_metrics(metrics: Sequence[str], device: torch.device, *, codebook_size: int, fid_mode: str = "clean",
+                  uint8_mode: str = "round", fid_extractor: FeatureExtractor | None = None,
+                  fid_feature_dim: int | None = None, lpips_networks: dict[str, nn.Module] | None = None,
+                  ) -> list[Metric]:
+    """One accumulator per selected metric; pretrained networks come from the caches unless injected (tests)."""
+    check_mode(fid_mode)
+    if uint8_mode not in UINT8_MODES:
+        raise ValueError(f"uint8_mode must be one of {UINT8_MODES}, got {uint8_mode!r}.")
+    accumulators: list[Metric] = []
+    for name in resolve_metrics(metrics):
+        if name == "psnr":
+            accumulators.append(PSNR(device))
+        elif name == "ssim":
+            accumulators.append(SSIM(device))
+        elif name == "usage":
+            accumulators.append(CodebookUsage(codebook_size, device))
+        elif name == "rfid":
+            extra = {} if fid_feature_dim is None else {"feature_dim": fid_feature_dim}
+            accumulators.append(FID(device, fid_mode, uint8_mode, extractor=fid_extractor, **extra))
+        else:
+            network = (lpips_networks or {}).get(name)
+            accumulators.append(LPIPS(name, device, network=network))
+    return accumulators
+
+
+def _reduce_and_compute(accumulators: list[Metric], num_images: torch.Tensor) -> dict[str, float]:
+    """Sum every accumulator's state over ranks, compute on rank 0 (FID's sqrtm is slow), share the result."""
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed:
+        for tensor in [num_images, *(t for accumulator in accumulators for t in accumulator.state())]:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    results: dict[str, float] | None = None
+    if not distributed or dist.get_rank() == 0:
+        results = {"num_images": float(num_images.item())}
+        if results["num_images"] < 1:
+            raise ValueError("the evaluation saw no images; check the val data (data.*) and max_images.")
+        for accumulator in accumulators:
+            results.update(accumulator.compute())
+    if distributed:
+        shared = [results]
+        dist.broadcast_object_list(shared, src=0)
+        results = shared[0]
+    assert results is not None
+    return results
+
+
+@torch.inference_mode()
+def evaluate(tokenizer: nn.Module, batches: Iterable[torch.Tensor], metrics: Sequence[str], device: torch.device | str,
+             *, fid_mode: str = "clean", uint8_mode: str = "round", precision: str = "fp32",
+             codebook_size: int | None = None, fid_extractor: FeatureExtractor | None = None,
+             fid_feature_dim: int | None = None, lpips_networks: dict[str, nn.Module] | None = None,
+             on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
+    """Reconstruct `batches` with `tokenizer` and return the selected metrics over every image of every rank.
+
+    Args:
+        tokenizer: `openmagvit2.models.Tokenizer` (or anything with the same forward), EMA weights already loaded.
+        batches: iterable of `b 3 H W` float tensors in [-1, 1]; under torch.distributed each rank passes its own
+            disjoint shard (`build_val_loader(..., rank, world_size)`) so every image counts exactly once.
+        metrics: names from `openmagvit2.eval.METRICS` (+ alias `lpips` = both LPIPS nets), e.g. ["psnr", "usage"].
+        device: where the tokenizer and metric networks run.
+        fid_mode: `clean` or `legacy_pytorch` (see `openmagvit2.eval.fid`).
+        uint8_mode: `round` or `truncate` (the reference script) for the 8-bit images PSNR/SSIM are computed on.
+        precision: autocast for the tokenizer forward: `fp32`, `bf16` or `fp16` (metrics always run in fp32/fp64).
+        codebook_size: number of codes for `usage` (default: `tokenizer.quantizer.codebook_size`).
+        fid_extractor, fid_feature_dim, lpips_networks: injected feature networks (tests; default: cached
+            pretrained networks, which must be on disk, see `openmagvit2.weights`).
+        on_batch: called with (images, reconstructions) of every local batch, e.g. to keep a few for a grid.
+    Returns:
+        {"num_images": N, "psnr": ..., "ssim": ..., "lpips_alex": ..., "lpips_vgg": ..., "rfid": ...,
+         "usage": ..., "codes_used": ..., "perplexity": ...} for the selected metrics; identical on every rank.
+    """
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}.")
+    device = torch.device(device)
+    if codebook_size is None:
+        codebook_size = int(tokenizer.quantizer.codebook_size)
+    accumulators = build_metrics(metrics, device, codebook_size=codebook_size, fid_mode=fid_mode,
+                                 uint8_mode=uint8_mode, fid_extractor=fid_extractor, fid_feature_dim=fid_feature_dim,
+                                 lpips_networks=lpips_networks)
+    autocast_dtype = AUTOCAST_DTYPES[precision]
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    num_images = torch.zeros((), dtype=torch.float64, device=device)
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        for images in batches:
+            if not isinstance(images, torch.Tensor) or images.ndim != 4:
+                raise TypeError("evaluate() expects batches of `b 3 H W` tensors in [-1, 1], got "
+                                f"{type(images).__name__}; pass openmagvit2.data.build_val_loader(...).")
+            images = images.to(device, non_blocking=True).float()
+            with autocast:
+                output = tokenizer(images, compute_losses=False)
+            reconstructions = output.reconstruction.float().clamp(-1.0, 1.0)
+            batch = EvalBatch(images, reconstructions, output.quantizer.indices, uint8_mode)
+            for accumulator in accumulators:
+                accumulator.update(batch)
+            num_images += images.shape[0]
+            if on_batch is not None:
+                on_batch(images, reconstructions)
+    finally:
+        tokenizer.train(was_training)
+    return _reduce_and_compute(accumulators, num_images)

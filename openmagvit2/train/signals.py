@@ -1,0 +1,41 @@
+"""Pre-emption: SLURM sends SIGUSR1 (asked for with --signal) or SIGTERM before it kills a job.
+
+The handler only sets a flag; the loop checks it at a step boundary, where all ranks agree to stop, checkpoint and
+exit with `REQUEUE_EXIT_CODE`, so that a half-finished optimiser step is never saved.
+"""
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+# EX_TEMPFAIL from sysexits.h: "temporary failure, try again": a checkpoint was saved, requeue the job.
+REQUEUE_EXIT_CODE = 75
+
+
+class PreemptionFlag:
+    """Remembers whether SIGUSR1/SIGTERM arrived; installs and restores the handlers."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def __enter__(self) -> "PreemptionFlag":
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""

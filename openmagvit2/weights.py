@@ -1,0 +1,243 @@
+"""The pretrained files we cannot download on an offline cluster: where the libraries look for them, and how to get them.
+
+Four files matter, each loaded by a library's own code (read from the installed sources, not guessed):
+
+- `lpips_vgg`, `lpips_alex`: the ImageNet VGG16 / AlexNet trunks that the `lpips` package builds with
+  `torchvision.models.vgg16(pretrained=True)` / `alexnet(pretrained=True)`; torchvision fetches them with
+  `torch.hub.load_state_dict_from_url` into `torch.hub.get_dir()/checkpoints` (`$TORCH_HOME/hub/checkpoints`,
+  `$TORCH_HOME` defaulting to `$XDG_CACHE_HOME/torch` then `~/.cache/torch`). The LPIPS linear layers
+  (`lpips/weights/v0.1/{vgg,alex}.pth`) ship inside the pip package and need nothing.
+- `inception_clean`: clean-fid's TorchScript Inception (`inception-2015-12-05.pt`, the StyleGAN2-ADA port of the
+  TensorFlow FID network), used by `fid_mode=clean`. clean-fid itself downloads it to `/tmp` on Linux, a node-local
+  directory that clusters wipe; we keep it next to the torchvision files (same `$TORCH_HOME` rule) and also accept
+  clean-fid's `/tmp` copy.
+- `inception_legacy`: pytorch-fid's Inception (`pt_inception-2015-12-05-6726825d.pth`), used by
+  `fid_mode=legacy_pytorch`; clean-fid loads it with `torch.utils.model_zoo.load_url`, i.e. the same hub directory.
+
+`require(names)` fails fast, before any model is built, with one message naming every missing file and the exact path
+it must be copied to; `python -m openmagvit2.weights download --all` (= `make weights`) fetches them on a machine with
+network, checks their SHA-256, and prints how to copy them to a cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CLEANFID_CACHE_DIR = Path("/tmp")  # hard-coded by cleanfid.features.feature_extractor on Linux
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One pretrained file: what it is, where it comes from, and its SHA-256 (checked after every download)."""
+
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    description: str
+    also_found_in: tuple[Path, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        """Where the libraries (and we) load it from; resolved at call time so `TORCH_HOME` changes are honoured."""
+        return hub_checkpoint_dir() / self.filename
+
+    def find(self) -> Path | None:
+        """The first existing copy (the canonical path first), or None."""
+        for candidate in (self.path, *(folder / self.filename for folder in self.also_found_in)):
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+WEIGHTS: dict[str, WeightFile] = {
+    spec.name: spec
+    for spec in (
+        WeightFile(
+            name="lpips_vgg",
+            filename="vgg16-397923af.pth",
+            url="https://download.pytorch.org/models/vgg16-397923af.pth",
+            sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+            description="torchvision VGG16 ImageNet weights (LPIPS-VGG trunk, perceptual loss and lpips_vgg metric)",
+        ),
+        WeightFile(
+            name="lpips_alex",
+            filename="alexnet-owt-7be5be79.pth",
+            url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+            description="torchvision AlexNet ImageNet weights (LPIPS-AlexNet trunk, lpips_alex metric)",
+        ),
+        WeightFile(
+            name="inception_clean",
+            filename="inception-2015-12-05.pt",
+            url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+            sha256="f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
+            description="clean-fid TorchScript Inception-v3 (rFID, fid_mode=clean)",
+            also_found_in=(CLEANFID_CACHE_DIR,),
+        ),
+        WeightFile(
+            name="inception_legacy",
+            filename="pt_inception-2015-12-05-6726825d.pth",
+            url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                "pt_inception-2015-12-05-6726825d.pth",
+            sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+            description="pytorch-fid Inception-v3 (rFID, fid_mode=legacy_pytorch, as in the published numbers)",
+        ),
+    )
+}
+
+
+class MissingWeightsError(RuntimeError):
+    """Pretrained files are absent; the message lists each one with the path it must be copied to."""
+
+
+def hub_checkpoint_dir() -> Path:
+    """`torch.hub.get_dir()/checkpoints`: where `load_state_dict_from_url` (torchvision, clean-fid legacy) looks."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _specs(names: Iterable[str]) -> list[WeightFile]:
+    names = list(dict.fromkeys(names))
+    unknown = [name for name in names if name not in WEIGHTS]
+    if unknown:
+        raise ValueError(f"unknown pretrained weights {unknown}; known names are {sorted(WEIGHTS)}.")
+    return [WEIGHTS[name] for name in names]
+
+
+def missing(names: Iterable[str]) -> list[WeightFile]:
+    """The requested files that are not on disk (an empty list when all are present)."""
+    return [spec for spec in _specs(names) if spec.find() is None]
+
+
+def locate(name: str) -> Path:
+    """Path of an available file, or `MissingWeightsError` naming where it must go."""
+    require([name])
+    found = WEIGHTS[name].find()
+    assert found is not None  # require() just checked
+    return found
+
+
+def missing_message(specs: Sequence[WeightFile]) -> str:
+    """One message for all missing files: what each is, its exact destination, and how to fetch them."""
+    lines = [f"{len(specs)} pretrained weight file(s) are missing (this machine cannot download them):"]
+    for spec in specs:
+        lines.append(f"  - {spec.name}: {spec.description}")
+        lines.append(f"      put {spec.filename} at {spec.path}")
+        lines.append(f"      (source {spec.url}, sha256 {spec.sha256})")
+    names = " ".join(spec.name for spec in specs)
+    lines.append(
+        f"Fix: run `make weights` (or `python -m openmagvit2.weights download {names}`) on a machine with network, "
+        f"then copy the files to the paths above (set TORCH_HOME to use another cache directory)."
+    )
+    return "\n".join(lines)
+
+
+def require(names: Iterable[str]) -> None:
+    """Raise `MissingWeightsError` naming every missing file among `names` (see `WEIGHTS` for the names)."""
+    absent = missing(names)
+    if absent:
+        raise MissingWeightsError(missing_message(absent))
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(spec: WeightFile, path: Path) -> None:
+    """Raise `RuntimeError` when the file's SHA-256 differs from the published one."""
+    actual = sha256_of(path)
+    if actual != spec.sha256:
+        raise RuntimeError(f"{path} has sha256 {actual}, expected {spec.sha256} for {spec.name}; delete it and "
+                           f"download it again.")
+
+
+def download(names: Iterable[str], force: bool = False) -> list[Path]:
+    """Fetch each file to its canonical path (temp file + checksum + rename); returns the paths."""
+    paths = []
+    for spec in _specs(names):
+        destination = spec.path
+        if destination.is_file() and not force:
+            verify(spec, destination)
+            print(f"{spec.name}: already present and verified at {destination}")
+            paths.append(destination)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{spec.name}: downloading {spec.url}")
+        with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{spec.filename}.", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+            try:
+                with urllib.request.urlopen(spec.url, timeout=60) as response:
+                    shutil.copyfileobj(response, tmp)
+            except BaseException:
+                tmp_path.unlink(missing_ok=True)
+                raise
+        try:
+            verify(spec, tmp_path)
+        except RuntimeError:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        os.replace(tmp_path, destination)
+        print(f"{spec.name}: saved and verified at {destination}")
+        paths.append(destination)
+    return paths
+
+
+def copy_instructions(paths: Sequence[Path]) -> str:
+    """How to move downloaded files to an offline cluster so that the libraries find them there."""
+    folder = hub_checkpoint_dir()
+    files = " ".join(str(path) for path in paths)
+    return (
+        "To use these files on an offline cluster, copy them into the same cache directory there, e.g.\n"
+        f"  ssh <cluster> mkdir -p {folder}   # or $TORCH_HOME/hub/checkpoints for the cluster's TORCH_HOME\n"
+        f"  rsync -av {files} <cluster>:{folder}/\n"
+        "then check with `python -m openmagvit2.weights check` on the cluster."
+    )
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m openmagvit2.weights", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("download", help="download (and checksum) pretrained files")
+    fetch.add_argument("names", nargs="*", help=f"any of {sorted(WEIGHTS)}")
+    fetch.add_argument("--all", action="store_true", help="every file")
+    fetch.add_argument("--force", action="store_true", help="download again even when present")
+    check = commands.add_parser("check", help="list which files are present (and where they must go)")
+    check.add_argument("--verify", action="store_true", help="also compare SHA-256 checksums (reads every file)")
+    args = parser.parse_args(argv)
+
+    if args.command == "download":
+        names = sorted(WEIGHTS) if args.all else args.names
+        if not names:
+            parser.error("name the files to download or pass --all")
+        paths = download(names, force=args.force)
+        print(copy_instructions(paths))
+        return 0
+    status = 0
+    for spec in WEIGHTS.values():
+        found = spec.find()
+        if found is None:
+            print(f"MISSING  {spec.name}: put {spec.filename} at {spec.path}")
+            status = 1
+            continue
+        if args.verify:
+            verify(spec, found)
+        print(f"ok       {spec.name}: {found}{' (sha256 verified)' if args.verify else ''}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,202 @@
+"""Map-style sources (sample, imagenet_folder): exact resume, DDP splits, val coverage, corrupt files, config checks."""
+
+import itertools
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from openmagvit2.data import build_train_loader, build_val_loader, validate_data_config
+from openmagvit2.data.folder import scan_image_folder
+from openmagvit2.data.synthetic import broken_images, odd_images, write_image_folder
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "data")
+
+
+def sample_cfg(**overrides):
+    cfg = OmegaConf.load(os.path.join(CONF, "sample.yaml"))
+    cfg.image_size = 16
+    cfg.epoch_crops = 40
+    cfg.val_crops = 12
+    return OmegaConf.merge(cfg, overrides)
+
+
+def take(loader, count):
+    iterator = iter(loader)
+    return [next(iterator) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny ImageFolder: 3 classes x 8 photo-like JPEGs, plus odd files and broken files in class n00000001."""
+    root = tmp_path_factory.mktemp("imagenet")
+    write_image_folder(str(root / "train"), num_classes=3, per_class=8, size_range=(24, 48), seed=0)
+    for name, data in {**odd_images(), **broken_images()}.items():
+        (root / "train" / "n00000001" / name).write_bytes(data)
+    val = root / "val"
+    val.mkdir()
+    write_image_folder(str(root / "val_src"), num_classes=2, per_class=5, size_range=(24, 48), seed=1)
+    for index, path in enumerate(sorted((root / "val_src").rglob("*.JPEG"))):
+        os.replace(path, val / f"ILSVRC2012_val_{index:08d}.JPEG")
+    (val / "ILSVRC2012_val_99999999.JPEG").write_bytes(broken_images()["truncated.jpg"])
+    return root
+
+
+def folder_cfg(root, **overrides):
+    cfg = OmegaConf.load(os.path.join(CONF, "imagenet_folder.yaml"))
+    cfg.root = str(root)
+    cfg.image_size = 16
+    cfg.num_workers = 0
+    return OmegaConf.merge(cfg, overrides)
+
+
+def test_sample_batches_shape_range_and_epoch_size():
+    loader = build_train_loader(sample_cfg(), batch_size=4, rank=0, world_size=1, seed=0)
+    assert loader.epoch_size == 10
+    batch = take(loader, 1)[0]
+    assert batch.shape == (4, 3, 16, 16) and batch.dtype == torch.float32
+    assert batch.min() >= -1 and batch.max() <= 1 and batch.std() > 0.05
+
+
+def test_sample_batches_do_not_depend_on_num_workers():
+    single = take(build_train_loader(sample_cfg(num_workers=0), 4, 0, 1, seed=3), 12)
+    multi = take(build_train_loader(sample_cfg(num_workers=2), 4, 0, 1, seed=3), 12)
+    assert all(torch.equal(a, b) for a, b in zip(single, multi))
+
+
+def test_seed_and_epoch_change_the_batches():
+    base = take(build_train_loader(sample_cfg(), 4, 0, 1, seed=0), 20)
+    other_seed = take(build_train_loader(sample_cfg(), 4, 0, 1, seed=1), 1)
+    assert not torch.equal(base[0], other_seed[0])
+    assert not torch.equal(base[0], base[10])  # epoch 1 starts at batch 10 with new crops and a new order
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sample_resume_is_exact_across_an_epoch_boundary(workers):
+    cfg = sample_cfg(num_workers=workers)
+    straight = take(build_train_loader(cfg, 4, 0, 1, seed=7), 14)
+    first = build_train_loader(cfg, 4, 0, 1, seed=7)
+    head = take(first, 7)
+    state = first.state_dict()
+    assert (state["epoch"], state["position"]) == (0, 7)
+    resumed = build_train_loader(cfg, 4, 0, 1, seed=7)
+    resumed.load_state_dict(state)
+    tail = take(resumed, 7)
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, straight))
+    assert resumed.stats()["epoch"] == 1
+
+
+def test_ranks_get_disjoint_equal_parts_of_every_epoch():
+    cfg = sample_cfg(epoch_crops=43)
+    loaders = [build_train_loader(cfg, 4, rank, 3, seed=0) for rank in range(3)]
+    assert {loader.epoch_size for loader in loaders} == {3}
+    for epoch in (0, 1):
+        parts = [[index for batch in loader.epoch_batches(epoch) for _, index in batch] for loader in loaders]
+        flat = list(itertools.chain(*parts))
+        assert all(len(part) == 12 for part in parts)
+        assert len(set(flat)) == len(flat) == 36
+        assert set(flat) <= set(range(43))
+    first_batches = [take(loader, 1)[0] for loader in loaders]
+    assert not torch.equal(first_batches[0], first_batches[1])
+
+
+def test_sample_val_is_fixed_held_out_and_split_across_ranks():
+    cfg = sample_cfg()
+    everything = torch.cat(list(build_val_loader(cfg, 5, 0, 1)))
+    assert everything.shape == (12, 3, 16, 16)
+    parts = [torch.cat(list(build_val_loader(cfg, 5, rank, 3))) for rank in range(3)]
+    assert torch.equal(torch.cat(parts), everything)
+    assert torch.equal(torch.cat(list(build_val_loader(cfg, 5, 0, 1))), everything)
+    subset = torch.cat(list(build_val_loader(cfg, 5, 0, 1, max_images=4)))
+    assert torch.equal(subset, everything[[0, 3, 6, 9]])
+    assert "coffee" in cfg.val_photos and "coffee" not in cfg.train_photos
+
+
+def test_folder_scan_labels_and_loose_images(image_folder):
+    listing = scan_image_folder(str(image_folder / "train"))
+    assert listing.classes == ["n00000000", "n00000001", "n00000002"]
+    assert len(listing) == 24 + len(odd_images()) + len(broken_images())
+    assert listing.labels.count(1) == 8 + len(odd_images()) + len(broken_images())
+    flat = scan_image_folder(str(image_folder / "val"), "data.val_dir")
+    assert flat.classes == [] and set(flat.labels) == {-1} and len(flat) == 11
+
+
+def test_folder_training_skips_and_counts_corrupt_files(image_folder, caplog):
+    cfg = folder_cfg(image_folder)
+    loader = build_train_loader(cfg, 4, 0, 1, seed=0)
+    total = 24 + len(odd_images()) + len(broken_images())
+    assert loader.epoch_size == total // 4
+    with caplog.at_level(logging.WARNING):
+        batches = take(loader, loader.epoch_size)
+    assert all(batch.shape == (4, 3, 16, 16) for batch in batches)
+    # Every broken file sits somewhere in the epoch's permutation; the epoch drops total % 4 of the files.
+    dropped = total - loader.epoch_size * 4
+    assert len(broken_images()) - dropped <= loader.stats()["skipped_corrupt"]
+    assert loader.stats()["skipped_corrupt"] >= 1
+    assert "corrupt" in caplog.text
+
+
+def test_folder_resume_is_exact_with_workers(image_folder):
+    cfg = folder_cfg(image_folder, num_workers=2)
+    straight = take(build_train_loader(cfg, 4, 0, 1, seed=5), 10)
+    first = build_train_loader(cfg, 4, 0, 1, seed=5)
+    head = take(first, 4)
+    resumed = build_train_loader(folder_cfg(image_folder, num_workers=0), 4, 0, 1, seed=5)
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(head + take(resumed, 6), straight))
+
+
+def test_folder_val_sees_every_image_once_across_ranks(image_folder):
+    cfg = folder_cfg(image_folder)
+    single = build_val_loader(cfg, 4, 0, 1)
+    everything = torch.cat(list(single))
+    assert everything.shape == (10, 3, 16, 16) and single.stats()["skipped_corrupt"] == 1
+    parts = [torch.cat(list(build_val_loader(cfg, 3, rank, 2))) for rank in range(2)]
+    assert torch.equal(torch.cat(parts), everything)
+    subset = torch.cat(list(build_val_loader(cfg, 4, 0, 1, max_images=5)))
+    assert subset.shape[0] == 5
+
+
+def test_shipped_configs_validate(image_folder):
+    validate_data_config(OmegaConf.load(os.path.join(CONF, "sample.yaml")))
+    validate_data_config(folder_cfg(image_folder))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"name": "imagenet"}, "data.name"),
+    ({"image_size": 0}, "data.image_size"),
+    ({"num_workers": -1}, "data.num_workers"),
+    ({"val_photos": ["astronaut"]}, "data.val_photos"),
+    ({"train_photos": ["lena"]}, "data.train_photos"),
+    ({"crop_scale": [0.8, 0.2]}, "data.crop_scale"),
+])
+def test_bad_sample_config_names_the_key(overrides, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        validate_data_config(sample_cfg(**overrides))
+
+
+def test_missing_folders_name_the_key(tmp_path, image_folder):
+    with pytest.raises(ValueError, match=r"data\.train_dir"):
+        validate_data_config(folder_cfg(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"data\.val_dir"):
+        validate_data_config(folder_cfg(image_folder, val_dir=str(tmp_path / "nowhere")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"data\.train_dir.*no images"):
+        build_train_loader(folder_cfg(image_folder, train_dir=str(empty)), 4, 0, 1, seed=0)
+
+
+def test_too_little_data_for_the_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match="train.batch_size"):
+        build_train_loader(sample_cfg(epoch_crops=6), 4, 0, 2, seed=0)
+
+
+def test_val_subset_is_spread_evenly():
+    from openmagvit2.data.loaders import val_subset
+
+    assert val_subset(10, 4).tolist() == [0, 2, 5, 7]
+    assert val_subset(3, 10).tolist() == [0, 1, 2]
+    assert np.array_equal(val_subset(5, None), np.arange(5))

@@ -1,0 +1,142 @@
+"""End-to-end training on CPU: exact resume, pre-emption, DDP equivalence, learning, W&B offline run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST_OVERRIDES, ROOT, compose_config, run_entry_point
+from openmagvit2.config import validate_config
+from openmagvit2.train.checkpoint import latest_checkpoint, list_checkpoints, load
+from openmagvit2.train.signals import REQUEUE_EXIT_CODE
+
+pytestmark = pytest.mark.slow
+
+
+def train_in_process(overrides: list[str], run_dir: Path) -> int:
+    from train import train
+
+    cfg = compose_config(FAST_OVERRIDES + overrides)
+    validate_config(cfg)
+    return train(cfg, run_dir)
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
+
+
+def assert_same_optimizer(a: dict, b: dict, what: str) -> None:
+    for index, state in a["state"].items():
+        for name, value in state.items():
+            other = b["state"][index][name]
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), f"{what}: state {index}.{name}"
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    common = ["loss.disc_start=2", "train.ema_decay=0.9"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_in_process(common + ["train.max_steps=6", "train.ckpt_every=6"], straight) == 0
+    assert train_in_process(common + ["train.max_steps=3", "train.ckpt_every=3"], split) == 0
+    assert train_in_process(common + ["train.max_steps=6", "train.ckpt_every=3"], split) == 0
+    assert "resumed from" in (split / "train.log").read_text()
+
+    a, b = load(latest_checkpoint(straight)), load(latest_checkpoint(split))
+    assert a["step"] == b["step"] == 6
+    for part in ("generator", "generator_ema", "discriminator", "loss"):
+        assert_same_tensors(a[part], b[part], part)
+    assert_same_optimizer(a["opt_g"], b["opt_g"], "opt_g")
+    assert_same_optimizer(a["opt_d"], b["opt_d"], "opt_d")
+    assert a["data"] == b["data"]
+    # The run with disc_start=2 really trained the discriminator and the LeCam state moved.
+    assert any(v.abs().sum() > 0 for v in a["loss"].values() if isinstance(v, torch.Tensor))
+
+
+def test_checkpoints_are_pruned_and_loadable_by_tokenizer(tmp_path: Path) -> None:
+    from openmagvit2.models import Tokenizer
+
+    assert train_in_process(["train.max_steps=4", "train.ckpt_every=1", "train.keep_last=2"], tmp_path) == 0
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt", "step_00000004.pt"]
+    assert (tmp_path / "COMPLETED").read_text().strip() == "4"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 4 and 0 < metrics["val/psnr"] < 100
+    tokenizer = Tokenizer.from_checkpoint(latest_checkpoint(tmp_path))
+    state = load(latest_checkpoint(tmp_path))
+    for key, value in tokenizer.state_dict().items():
+        assert torch.equal(value, state["generator_ema"][key]), key
+
+
+def _start_training(run_dir: Path, max_steps: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *FAST_OVERRIDES, f"train.max_steps={max_steps}",
+                             "train.ckpt_every=100000", f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_checkpoints_and_next_start_resumes(tmp_path: Path, signum: int) -> None:
+    process = _start_training(tmp_path, max_steps=100000)
+    lines = []
+    deadline = time.monotonic() + 240
+    for line in process.stdout:  # wait until training is really stepping
+        lines.append(line)
+        if line.startswith("step 3/") or time.monotonic() > deadline:
+            break
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    log = "".join(lines) + output
+    assert process.returncode == REQUEUE_EXIT_CODE, log
+    saved = latest_checkpoint(tmp_path)
+    assert saved is not None, log
+    saved_step = load(saved)["step"]
+    assert saved_step >= 3 and not (tmp_path / "COMPLETED").exists()
+
+    result = run_entry_point(["train.py", *FAST_OVERRIDES, f"train.max_steps={saved_step + 2}",
+                              "train.ckpt_every=100000", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resumed from {saved} at step {saved_step}" in result.stdout
+    assert f"step {saved_step + 1}/{saved_step + 2}" in result.stdout
+    assert load(latest_checkpoint(tmp_path))["step"] == saved_step + 2
+
+
+def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path: Path) -> None:
+    common = ["train.max_steps=1", "train.ckpt_every=1", "train.ema_decay=null", "loss.disc_norm=none",
+              "quantizer.entropy_across_ranks=true", "loss.disc_start=0", "data.num_workers=0"]
+    single = run_entry_point(["train.py", *FAST_OVERRIDES, *common, "train.batch_size=4",
+                              f"hydra.run.dir={tmp_path / 'single'}"])
+    assert single.returncode == 0, single.stdout + single.stderr
+    double = run_entry_point(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                              "train.py", *FAST_OVERRIDES, *common, "train.batch_size=2",
+                              f"hydra.run.dir={tmp_path / 'ddp'}"])
+    assert double.returncode == 0, double.stdout + double.stderr
+    a, b = load(latest_checkpoint(tmp_path / "single")), load(latest_checkpoint(tmp_path / "ddp"))
+    for key, value in a["generator"].items():
+        torch.testing.assert_close(b["generator"][key], value, rtol=0, atol=2e-6, msg=key)
+    for key, value in a["discriminator"].items():
+        torch.testing.assert_close(b["discriminator"][key], value, rtol=0, atol=2e-6, msg=key)
+    # Both runs really took a step: Adam's first moments are non-zero and equal.
+    moments_a = [s["exp_avg"] for s in a["opt_g"]["state"].values()]
+    moments_b = [s["exp_avg"] for s in b["opt_g"]["state"].values()]
+    assert sum(float(m.abs().sum()) for m in moments_a) > 0
+    for ma, mb in zip(moments_a, moments_b):
+        torch.testing.assert_close(mb, ma, rtol=1e-4, atol=1e-7)
+
+
+def test_demo_learns_and_writes_wandb_offline_run(tmp_path: Path) -> None:
+    overrides = ["data.image_size=64", "train.batch_size=8", "train.max_steps=120", "train.eval_every=120",
+                 "train.eval_images=16", "train.log_every=20", "train.image_every=60", "logger.mode=offline"]
+    assert train_in_process(overrides, tmp_path) == 0
+    history = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
+    assert history[0]["step"] == 0 and history[-1]["step"] == 120
+    assert history[-1]["val/psnr"] > history[0]["val/psnr"] + 2.0, history
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")), "no W&B offline run written"
+    assert (tmp_path / "images" / "step_00000060.png").is_file()
