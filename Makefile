@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision pins: these lie on local disk on our dev machines and install from the index elsewhere.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-RUN_DIR ?= runs/demo
+RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-slurm bench weights shards clean

@@ -110,7 +110,7 @@ def log_to_wandb(cfg: DictConfig, results: dict[str, float], run_dir: Path, grid
     run.summary.update({f"eval/{key}": value for key, value in results.items()})
     if grid is not None:
         run.log({"eval/reconstructions": wandb.Image(str(grid))})
-    run.finish(quiet=True)
+    run.finish()
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

@@ -125,7 +125,7 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> int:
         state = checkpoint.load(resume_from)
         tokenizer.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
-        criterion.load_state_dict(state["loss"], strict=False)
+        criterion.load_state_dict(state["loss"])
         if ema and state["generator_ema"] is not None:
             ema.load_state_dict({"module": state["generator_ema"], "num_updates": state["ema_num_updates"]})
         opt_g.load_state_dict(state["opt_g"])

@@ -121,9 +121,9 @@ def missing(names: Iterable[str]) -> list[WeightFile]:
 
 def locate(name: str) -> Path:
     """Path of an available file, or `MissingWeightsError` naming where it must go."""
-    require([name])
-    found = WEIGHTS[name].find()
-    assert found is not None  # require() just checked
+    found = _specs([name])[0].find()
+    if found is None:
+        raise MissingWeightsError(missing_message([WEIGHTS[name]]))
     return found
 
 

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from openmagvit2 import weights
 from openmagvit2.eval import evaluate, reconstruction_grid, save_reconstruction_grid
-from openmagvit2.eval.fid import build_inception, prepare_for_inception
+from openmagvit2.eval.batch import EvalBatch
+from openmagvit2.eval.fid import FID, build_inception, prepare_for_inception
 from openmagvit2.eval.images import to_uint8
 from openmagvit2.eval.pixel import psnr_per_image, ssim_per_image
 from openmagvit2.models import Tokenizer
@@ -157,6 +158,7 @@ def test_on_batch_sees_clamped_reconstructions_and_grid_interleaves_rows(tmp_pat
     assert Image.open(path).size == (grid.shape[2], grid.shape[1])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, but clean-fid's file is TorchScript
 def test_default_clean_inception_loads_the_torchscript_file_from_the_weights_path(tmp_path, monkeypatch):
     """Without injection, rFID builds clean-fid's InceptionV3W from the file `openmagvit2.weights` points to."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -178,12 +180,17 @@ def test_default_clean_inception_loads_the_torchscript_file_from_the_weights_pat
     torch.jit.save(torch.jit.script(Base()), str(path))
     build_inception.cache_clear()
     try:
-        results = evaluate(IdentityTokenizer(gain=1.5), image_batches(3), ["rfid"], "cpu")
+        metric = FID(torch.device("cpu"), "clean")  # no extractor injected: the cached clean-fid network
+        images = image_batches(3, sizes=(2,))[0]
+        metric.update(EvalBatch(images, -images, torch.zeros(1)))
         assert build_inception("clean", "cpu") is build_inception("clean", "cpu")  # cached for repeated calls
     finally:
         build_inception.cache_clear()
-    # the stand-in's features are one brightness value; reconstructions are brighter (x 1.5, clamped)
-    assert results["rfid"] > 0 and np.isfinite(results["rfid"])
+    # InceptionV3W normalised the 299x299 pixels ((x - 128) / 128) and the stand-in averaged them per image
+    expected = ((prepare_for_inception(images, "clean") - 128) / 128).mean(dim=(1, 2, 3)).double()
+    assert metric.real.count.item() == 2
+    assert torch.allclose(metric.real.total, expected.sum().expand(2048), rtol=1e-5)
+    assert not torch.allclose(metric.fake.total, metric.real.total)
 
 
 def _rank_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
@@ -218,14 +225,42 @@ def test_two_gloo_processes_give_the_same_metrics_as_one(tmp_path):
 
 
 def run_eval_py(args: list[str], tmp_path: Path, nproc: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty_torch_home"), "WANDB_MODE": "disabled",
-           "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty_torch_home"), "PYTHONPATH": str(ROOT),
+           "WANDB_SILENT": "true"}
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc}"]
     return subprocess.run([*launcher, str(ROOT / "eval.py"), *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
+def load_eval_entry_point():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_entry_point", ROOT / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_run_refuses_missing_weights_before_reading_the_checkpoint(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    not_a_checkpoint = tmp_path / "model.pt"
+    not_a_checkpoint.write_text("refused before anything reads this")
+    entry = load_eval_entry_point()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", [f"ckpt={not_a_checkpoint}", "metrics=[psnr,lpips_vgg]"])
+    with pytest.raises(weights.MissingWeightsError, match="lpips_vgg") as error:
+        entry.run(cfg)
+    assert "lpips_alex" not in str(error.value)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", [f"ckpt={not_a_checkpoint}", "fid_mode=tensorflow"])
+    with pytest.raises(entry.ConfigError, match="fid_mode=tensorflow"):
+        entry.run(cfg)
+
+
+@pytest.mark.slow
 def test_eval_py_refuses_missing_weights_with_the_message_not_a_traceback(tmp_path):
     not_a_checkpoint = tmp_path / "model.pt"
     not_a_checkpoint.write_text("refused before anything reads this")
@@ -239,6 +274,7 @@ def test_eval_py_refuses_missing_weights_with_the_message_not_a_traceback(tmp_pa
     assert "make weights" in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_py_refuses_bad_config_values(tmp_path):
     result = run_eval_py([f"ckpt={tmp_path / 'absent.pt'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
@@ -266,8 +302,10 @@ def test_eval_py_end_to_end_on_a_tiny_checkpoint(tmp_path, nproc):
     ckpt = tmp_path / "step_00000005.pt"
     ema = save_tiny_checkpoint(ckpt)
     run_dir = tmp_path / "run"
+    wandb_mode = "offline" if nproc == 1 else "disabled"  # offline W&B needs no network or key
     result = run_eval_py([f"ckpt={ckpt}", "metrics=[psnr,ssim,usage]", "data.image_size=32", "max_images=24",
-                          "batch_size=8", "device=cpu", f"hydra.run.dir={run_dir}"], tmp_path, nproc=nproc)
+                          "batch_size=8", "device=cpu", f"logger.mode={wandb_mode}", f"hydra.run.dir={run_dir}"],
+                         tmp_path, nproc=nproc)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((run_dir / "metrics.json").read_text())
     data_cfg = OmegaConf.load(ROOT / "conf/data/sample.yaml")
@@ -279,3 +317,5 @@ def test_eval_py_end_to_end_on_a_tiny_checkpoint(tmp_path, nproc):
     assert saved["world_size"] == nproc and saved["tokenizer_hparams"]["codebook_bits"] == CODEBOOK_BITS
     assert (run_dir / "images" / "reconstructions.png").is_file()
     assert f"| step_00000005 | 32 | 8×8 @32 | 2^{CODEBOOK_BITS} | – | {expected['psnr']:.2f} |" in result.stdout
+    wandb_grids = list((run_dir / "wandb").glob("offline-run-*/files/media/images/eval/reconstructions_*.png"))
+    assert len(wandb_grids) == (1 if nproc == 1 else 0)

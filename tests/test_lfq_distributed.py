@@ -28,11 +28,11 @@ def make_inputs() -> tuple[torch.nn.Module, torch.Tensor]:
     return model, images
 
 
-def codebook_loss_and_grads(model: torch.nn.Module, images: torch.Tensor, across_ranks: bool, scale: float = 1.0
+def codebook_loss_and_grads(model: torch.nn.Module, images: torch.Tensor, across_ranks: bool
                             ) -> tuple[float, float, list[torch.Tensor]]:
+    """Maximise the codebook entropy (the global term) once; return its value, the per-sample entropy, the grads."""
     out = LFQ(BITS, entropy_across_ranks=across_ranks).train()(model(images))
-    # Only the codebook term is global; scaling the loss by the token share makes DDP's mean equal to the full batch.
-    (-out.codebook_entropy * scale).backward()
+    (-out.codebook_entropy).backward()
     return out.codebook_entropy.item(), out.per_sample_entropy.item(), [p.grad.clone() for p in model.parameters()]
 
 

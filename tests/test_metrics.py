@@ -105,8 +105,11 @@ def test_codebook_usage_perplexity_of_uniform_use_is_the_codebook_size():
 
 def test_codebook_usage_refuses_ids_outside_the_codebook():
     usage = CodebookUsage(4, torch.device("cpu"))
-    with pytest.raises(ValueError, match="outside the codebook of 4"):
+    with pytest.raises(ValueError, match=r"span \[4, 4\], outside the codebook of 4"):
         usage.update(EvalBatch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.tensor([[[4]]])))
+    with pytest.raises(ValueError, match=r"span \[-1, 2\]"):
+        usage.update(EvalBatch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.tensor([[[-1, 2]]])))
+    assert usage.counts.sum() == 0
 
 
 def test_streaming_feature_statistics_equal_numpy_mean_and_cov():
@@ -132,6 +135,7 @@ class TinyFeatures(torch.nn.Module):
         return torch.relu(self.conv(pixels / 128 - 1)).mean(dim=(2, 3))
 
 
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")  # clean-fid's call into scipy
 @pytest.mark.parametrize("mode", ["clean", "legacy_pytorch"])
 def test_fid_of_identical_sets_is_zero_and_of_different_sets_matches_cleanfid(mode):
     from cleanfid.fid import fid_from_feats
@@ -149,7 +153,7 @@ def test_fid_of_identical_sets_is_zero_and_of_different_sets_matches_cleanfid(mo
         fake = extractor(prepare_for_inception(recons, mode)).double().numpy()
     expected = fid_from_feats(real, fake)
     assert expected > 1e-3
-    assert differ.compute()["rfid"] == pytest.approx(expected, rel=1e-6)
+    assert differ.compute()["rfid"] == pytest.approx(expected, rel=1e-6)  # our float64 sums vs clean-fid's np.cov
 
 
 def test_inception_inputs_follow_cleanfid_resizers():
@@ -168,6 +172,7 @@ def test_inception_inputs_follow_cleanfid_resizers():
     assert clean.shape == legacy.shape == (2, 3, 299, 299)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # lpips passes torchvision's deprecated `pretrained` argument
 def test_lpips_metric_averages_the_lpips_package_per_image():
     import lpips
 

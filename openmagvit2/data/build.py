@@ -118,7 +118,8 @@ def _wds_counts(data_cfg: Any, urls: list[str]) -> tuple[list[int] | None, int]:
     return counts, total
 
 
-def build_train_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int, seed: int):
+def build_train_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int,
+                       seed: int) -> MapStyleTrainLoader | WdsTrainLoader:
     """The endless training loader of ``data.name`` for this rank: iterate for float ``b 3 H W`` batches in [-1, 1].
 
     The object has ``epoch_size`` (batches per epoch, equal on every rank), ``state_dict()``, ``load_state_dict()``
@@ -146,7 +147,8 @@ def build_train_loader(data_cfg: Any, batch_size: int, rank: int, world_size: in
                           rank=rank, world_size=world_size, seed=seed, num_workers=workers)
 
 
-def build_val_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int, max_images: int | None = None):
+def build_val_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int,
+                     max_images: int | None = None) -> MapStyleValLoader | WdsValLoader:
     """The ordered validation loader (centre crops, float ``b 3 H W``): one pass, each image once across ranks.
 
     ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip count.

@@ -15,6 +15,7 @@ features (`fid_from_feats`) to float64 precision.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -26,7 +27,7 @@ from einops import rearrange
 
 from openmagvit2 import weights
 from openmagvit2.eval.batch import EvalBatch, Metric
-from openmagvit2.eval.images import to_pixels
+from openmagvit2.eval.images import to_pixels, to_uint8
 
 FID_MODES = ("clean", "legacy_pytorch")
 INCEPTION_SIZE = 299
@@ -73,8 +74,6 @@ def prepare_for_inception(images: torch.Tensor, mode: str, uint8_mode: str = "ro
                                 align_corners=False)
         return resized.clamp(0.0, 255.0)
     from cleanfid.resize import build_resizer
-
-    from openmagvit2.eval.images import to_uint8
 
     resize = build_resizer("clean")  # PIL bicubic on float32 channels, per image, on the CPU
     pixels = rearrange(to_uint8(images, uint8_mode), "b c h w -> b h w c").cpu().numpy()
@@ -137,4 +136,8 @@ class FID(Metric):
 
         mean_real, cov_real = self.real.mean_and_covariance()
         mean_fake, cov_fake = self.fake.mean_and_covariance()
-        return {"rfid": float(frechet_distance(mean_real, cov_real, mean_fake, cov_fake))}
+        with warnings.catch_warnings():
+            # clean-fid passes scipy's deprecated `disp` argument to sqrtm; nothing a user can act on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            distance = frechet_distance(mean_real, cov_real, mean_fake, cov_fake)
+        return {"rfid": float(distance)}

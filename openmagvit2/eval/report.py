@@ -67,5 +67,6 @@ def write_metrics_json(path: str | Path, results: dict[str, float], metadata: di
     """`{"metrics": {...}, **metadata}` as indented JSON (sorted keys, stable diffs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metrics": results, **metadata}, indent=2, sort_keys=True) + "\n")
+    text = json.dumps({"metrics": results, **metadata}, indent=2, sort_keys=True, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
     return path

@@ -50,18 +50,30 @@ def _reduce_and_compute(accumulators: list[Metric], num_images: torch.Tensor) ->
     if distributed:
         for tensor in [num_images, *(t for accumulator in accumulators for t in accumulator.state())]:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    results: dict[str, float] | None = None
+    results: dict[str, float] = {}
+    error = ""
     if not distributed or dist.get_rank() == 0:
-        results = {"num_images": float(num_images.item())}
-        if results["num_images"] < 1:
-            raise ValueError("the evaluation saw no images; check the val data (data.*) and max_images.")
-        for accumulator in accumulators:
-            results.update(accumulator.compute())
+        try:
+            results = _compute(accumulators, num_images)
+        except ValueError as failure:
+            if not distributed:
+                raise
+            error = str(failure)  # shared below, so that the other ranks fail too instead of waiting forever
     if distributed:
-        shared = [results]
+        shared: list[object] = [(results, error)]
         dist.broadcast_object_list(shared, src=0)
-        results = shared[0]
-    assert results is not None
+        results, error = shared[0]
+        if error:
+            raise ValueError(error)
+    return results
+
+
+def _compute(accumulators: list[Metric], num_images: torch.Tensor) -> dict[str, float]:
+    results = {"num_images": float(num_images.item())}
+    if results["num_images"] < 1:
+        raise ValueError("the evaluation saw no images; check the val data (data.*) and max_images.")
+    for accumulator in accumulators:
+        results.update(accumulator.compute())
     return results
 
 
@@ -72,6 +84,8 @@ def evaluate(tokenizer: nn.Module, batches: Iterable[torch.Tensor], metrics: Seq
              fid_feature_dim: int | None = None, lpips_networks: dict[str, nn.Module] | None = None,
              on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
     """Reconstruct `batches` with `tokenizer` and return the selected metrics over every image of every rank.
+
+    Under torch.distributed this is a collective: call it on every rank (each with its own shard of the val set).
 
     Args:
         tokenizer: `openmagvit2.models.Tokenizer` (or anything with the same forward), EMA weights already loaded.

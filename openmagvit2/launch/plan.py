@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_DIR = REPO_DIR / "conf"
@@ -34,7 +34,8 @@ JOBS: dict[str, JobKind] = {
     "eval": JobKind(config_name="eval", entry="eval.py", template="eval.sbatch"),
 }
 
-# Data keys that name files or directories (per data source); the ones present in `data` are checked.
+# Data keys that name files or directories (per data source); the ones present in `data` are checked, and so is
+# eval.py's `ckpt`.
 DATA_PATH_KEYS = ("root", "train_dir", "val_dir", "shards", "val_shards", "path")
 # Overrides the job script sets itself (the run dir is fixed at render time so that requeued attempts reuse it).
 _SCRIPT_OWNED = ("hydra.run.dir", "train.resume")
@@ -134,28 +135,41 @@ def make_plan(job: str, overrides: list[str], config_dir: Path = DEFAULT_CONFIG_
         raise LaunchError(f"unknown job {job!r}; choose one of {', '.join(JOBS)}.")
     kind = JOBS[job]
     kept, owned = _split_overrides(list(overrides))
-    cfg = compose_config(Path(config_dir), kind.config_name, kept + [f"{k}={v}" for k, v in owned.items()
-                                                                      if k != "hydra.run.dir"])
-    if "cluster" not in cfg:
-        raise LaunchError(f"the composed {kind.config_name}.yaml has no `cluster` group; add `- cluster: local` to "
-                          "its defaults list.")
-    cluster = OmegaConf.to_container(cfg.cluster, resolve=True)
-    experiment_name = str(OmegaConf.select(cfg, "experiment_name", default=None) or job)
+    if kind.config_name == "config":
+        cfg = compose_config(Path(config_dir), "config", kept + [f"{k}={v}" for k, v in owned.items()
+                                                                 if k != "hydra.run.dir"])
+        cluster_cfg = cfg.get("cluster")
+    else:
+        # eval.yaml has no cluster group: the cluster overrides compose against the training config, and only the
+        # rest reach eval.py.
+        is_cluster = [o.lstrip("+~").split("=")[0].split(".")[0] == "cluster" for o in kept]
+        cluster_overrides = [o for o, c in zip(kept, is_cluster) if c]
+        kept = [o for o, c in zip(kept, is_cluster) if not c]
+        cfg = compose_config(Path(config_dir), kind.config_name, kept)
+        cluster_cfg = compose_config(Path(config_dir), "config", cluster_overrides).get("cluster")
+    if cluster_cfg is None:
+        raise LaunchError("the composed config has no `cluster` group; add `- cluster: local` to the defaults list "
+                          "of conf/config.yaml.")
+    cluster = OmegaConf.to_container(cluster_cfg, resolve=True)
+    experiment_name = OmegaConf.select(cfg, "experiment_name", default=None)
     # The job runs in the directory the launcher was started from, so relative paths mean the same in both.
     workdir = Path.cwd()
     if "hydra.run.dir" in owned:
         run_dir = Path(owned["hydra.run.dir"]).expanduser()
         run_dir = run_dir if run_dir.is_absolute() else workdir / run_dir
     else:
-        run_dir = _default_run_dir(cluster, experiment_name, now or datetime.datetime.now(), workdir)
+        run_dir = _default_run_dir(cluster, str(experiment_name or job), now or datetime.datetime.now(), workdir)
     if not cluster.get("job_name"):
-        cluster["job_name"] = f"{experiment_name}-{job}"
+        cluster["job_name"] = f"{experiment_name or 'openmagvit2'}-{job}"
     data = OmegaConf.select(cfg, "data", default=None)
     data_paths = {}
     if isinstance(data, DictConfig):
         for key in DATA_PATH_KEYS:
-            if key in data:
-                data_paths[f"data.{key}"] = "???" if OmegaConf.is_missing(data, key) else data[key]
+            if key in data.keys():  # `in data` is False for a missing (???) value
+                value = "???" if OmegaConf.is_missing(data, key) else data[key]
+                data_paths[f"data.{key}"] = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    if "ckpt" in cfg.keys():  # eval.py's checkpoint
+        data_paths["ckpt"] = "???" if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
     batch_size = OmegaConf.select(cfg, "train.batch_size", default=None)
     global_batch = OmegaConf.select(cfg, "train.global_batch_size", default=None)
     return LaunchPlan(
@@ -221,11 +235,11 @@ def _validate_layout(plan: LaunchPlan) -> None:
         raise LaunchError(f"cluster.launcher={c.get('launcher')!r} is invalid: expected slurm or local.")
     nodes = _require_int(c, "nodes", 1, "nodes in the allocation")
     gpus = _require_int(c, "gpus_per_node", 0, "GPUs per node; 0 for a CPU-only job")
-    procs = _require_int(c, "processes_per_node", 1, "training processes per node, one per GPU")
-    _require_int(c, "cpus_per_task", 1, "CPU cores per process, for data loading")
     if gpus == 0 and plan.device != "cpu":
         raise LaunchError(f"cluster.gpus_per_node=0 but device={plan.device}: ask for GPUs (e.g. "
                           "cluster.gpus_per_node=8) or run on CPU with device=cpu.")
+    procs = _require_int(c, "processes_per_node", 1, "training processes per node, one per GPU")
+    _require_int(c, "cpus_per_task", 1, "CPU cores per process, for data loading")
     if gpus > 0 and plan.device == "cpu":
         raise LaunchError(f"device=cpu but cluster.gpus_per_node={gpus}: set device=cuda, or "
                           "cluster.gpus_per_node=0 for a CPU-only job.")
@@ -284,7 +298,7 @@ def _validate_paths(plan: LaunchPlan) -> None:
         if value is None:
             continue
         if value == "???":
-            raise LaunchError(f"{key} is not set; pass {key}=/path/to/data on the command line.")
+            raise LaunchError(f"{key} is not set; pass {key}=/path/to/it on the command line.")
         missing = _missing_paths(value, plan.workdir)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
