@@ -56,8 +56,9 @@ def test_token_grid_at_training_size_and_at_512(name: str, train_px: int) -> Non
 
 def test_tiny_runs_at_several_sizes_and_trains() -> None:
     tokenizer = tiny().train()
-    for height, width in [(64, 64), (32, 96), (128, 128)]:
-        out = tokenizer(torch.rand(1, 3, height, width) * 2 - 1)
+    for height, width in [(16, 16), (16, 48), (64, 32)]:
+        with torch.no_grad():
+            out = tokenizer(torch.rand(1, 3, height, width) * 2 - 1)
         assert out.reconstruction.shape == (1, 3, height, width)
         assert out.quantizer.indices.shape == (1, height // 4, width // 4)
     out = tokenizer(torch.rand(2, 3, 32, 32) * 2 - 1)
@@ -67,6 +68,7 @@ def test_tiny_runs_at_several_sizes_and_trains() -> None:
     assert tokenizer.encoder.conv_in.weight.grad.abs().sum() > 0  # the straight-through path reaches the encoder
 
 
+@pytest.mark.slow
 def test_tiny_overfits_one_batch() -> None:
     """A few Adam steps on one batch must cut the L1 error well below the start: the model learns."""
     tokenizer = tiny().train()

@@ -161,8 +161,11 @@ def test_submitit_sweep_runs_each_job_as_a_slurm_job(cluster: SlurmCluster, tmp_
          "data.num_workers=0"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
-    job_folders = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
-    assert len(job_folders) == 2 and len(set(job_folders)) == 2  # one SLURM job per sweep point
+    # One SLURM array task per sweep point, each with its own submitit log folder <array job>_<index>.
+    tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert [t.split("_")[1] for t in tasks] == ["0", "1"] and len({t.split("_")[0] for t in tasks}) == 1
+    for task in tasks:
+        assert "Job completed successfully" in (sweep_dir / ".submitit" / task / f"{task}_0_log.out").read_text()
     bits = []
     for run_dir in (sweep_dir / "0", sweep_dir / "1"):
         assert (run_dir / "COMPLETED").read_text().strip() == "1"

@@ -48,7 +48,7 @@ def bash_array(script: str, name: str) -> list[str]:
 
 
 def test_recipe_renders_a_32_gpu_job(shards: Path) -> None:
-    plan = make_plan("train", [*RECIPE, f"data.root={shards}", "+train.global_batch_size=256"])
+    plan = make_plan("train", [*RECIPE, f"data.root={shards}", "++train.global_batch_size=256"])
     validate_plan(plan)
     assert (plan.world_size, plan.tasks_per_node) == (32, 8)
     script = render_script(plan)
@@ -63,7 +63,7 @@ def test_recipe_renders_a_32_gpu_job(shards: Path) -> None:
     assert "partition" not in options and "account" not in options  # null knobs are left out
     assert "4 node(s) x 8 process(es) = 32 processes" in script
     assert f"RUN_DIR={plan.run_dir}" in script
-    assert bash_array(script, "OVERRIDES") == [*RECIPE, f"data.root={shards}", "+train.global_batch_size=256"]
+    assert bash_array(script, "OVERRIDES") == [*RECIPE, f"data.root={shards}", "++train.global_batch_size=256"]
 
 
 def test_overrides_reach_train_py_unchanged(shards: Path) -> None:
@@ -93,10 +93,10 @@ def test_default_run_dir_follows_the_trainer_layout_and_is_unique(shards, tmp_pa
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["cluster.nodes=2", "+train.global_batch_size=256"],
+        (["cluster.nodes=2", "++train.global_batch_size=256"],
          "2 node(s) x 8 process(es) x train.batch_size=8 = 128 images per step, but train.global_batch_size=256; "
          "set train.batch_size=16"),
-        (["train.batch_size=16", "+train.global_batch_size=256"], "= 512 images per step"),
+        (["train.batch_size=16", "++train.global_batch_size=256"], "= 512 images per step"),
         (["cluster.gpus_per_node=0"], "cluster.gpus_per_node=0 but device=cuda"),
         (["cluster.processes_per_node=4"], "cluster.processes_per_node=4 must equal cluster.gpus_per_node=8"),
         (["cluster.nodes=0"], "cluster.nodes=0 is invalid"),
@@ -171,7 +171,7 @@ def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys) -> None:
     assert main(["render", "--output", str(out_file), *RECIPE, f"data.root={shards}"]) == 0
     assert out_file.read_text().startswith("#!/bin/bash\n")
     capsys.readouterr()
-    assert main(["submit", *RECIPE, f"data.root={shards}", "cluster.nodes=3", "+train.global_batch_size=256"]) == 2
+    assert main(["submit", *RECIPE, f"data.root={shards}", "cluster.nodes=3", "++train.global_batch_size=256"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 3 node(s) x 8 process(es) x train.batch_size=8 = 192 images per step")
     assert err.count("\n") == 1  # one sentence, no traceback

@@ -119,16 +119,18 @@ def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path: Path) -
                               f"hydra.run.dir={tmp_path / 'ddp'}"])
     assert double.returncode == 0, double.stdout + double.stderr
     a, b = load(latest_checkpoint(tmp_path / "single")), load(latest_checkpoint(tmp_path / "ddp"))
-    for key, value in a["generator"].items():
-        torch.testing.assert_close(b["generator"][key], value, rtol=0, atol=2e-6, msg=key)
-    for key, value in a["discriminator"].items():
-        torch.testing.assert_close(b["discriminator"][key], value, rtol=0, atol=2e-6, msg=key)
-    # Both runs really took a step: Adam's first moments are non-zero and equal.
-    moments_a = [s["exp_avg"] for s in a["opt_g"]["state"].values()]
-    moments_b = [s["exp_avg"] for s in b["opt_g"]["state"].values()]
-    assert sum(float(m.abs().sum()) for m in moments_a) > 0
-    for ma, mb in zip(moments_a, moments_b):
-        torch.testing.assert_close(mb, ma, rtol=1e-4, atol=1e-7)
+    # Gradients: Adam's first moment after one step is (1 - beta1) * grad, so it compares the averaged gradients.
+    moments_a = [s["exp_avg"] for s in a["opt_g"]["state"].values()] + [s["exp_avg"] for s in a["opt_d"]["state"].values()]
+    moments_b = [s["exp_avg"] for s in b["opt_g"]["state"].values()] + [s["exp_avg"] for s in b["opt_d"]["state"].values()]
+    assert sum(float(m.abs().sum()) for m in moments_a) > 0, "no step was taken"
+    for ma, mb in zip(moments_a, moments_b, strict=True):
+        torch.testing.assert_close(mb, ma, rtol=1e-4, atol=1e-8)
+    # Weights: Adam's first update is lr * g / (|g| + eps), which amplifies float noise where |g| ~ eps, so the
+    # weights agree to a small fraction of the learning rate rather than to float precision.
+    lr = 3e-4
+    for part in ("generator", "discriminator"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, rtol=0, atol=0.1 * lr, msg=f"{part}.{key}")
 
 
 def test_demo_learns_and_writes_wandb_offline_run(tmp_path: Path) -> None:

@@ -142,7 +142,6 @@ class MapStyleTrainLoader:
                 batch_sampler=remaining,
                 num_workers=self.num_workers,
                 collate_fn=_collate_train,
-                prefetch_factor=4 if self.num_workers > 0 else None,
             )
             for images, replaced, failures in loader:
                 self._record_failures(replaced, failures)

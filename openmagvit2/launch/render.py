@@ -94,7 +94,8 @@ def check_script(script: str) -> None:
     """Refuse a rendered script with leftover placeholders or a bash syntax error."""
     leftover = _PLACEHOLDER.search(script)
     if leftover:
-        raise LaunchError(f"the rendered script still contains {leftover.group(0)}; the template and launcher disagree.")
+        raise LaunchError(f"the rendered script still contains {leftover.group(0)}; the template and the launcher "
+                          "disagree.")
     bash = shutil.which("bash")
     if bash is None:
         return

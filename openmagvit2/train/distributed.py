@@ -5,6 +5,7 @@ NCCL on GPUs, gloo on CPU, so that every distributed code path runs and is teste
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import subprocess
 from dataclasses import dataclass
@@ -111,9 +112,13 @@ def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:
     """Every rank's `obj`, in rank order (RNG states for the checkpoint)."""
     if not ctx.is_distributed:
         return [obj]
-    gathered: list[object] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
+    # Serialise with torch.save ourselves: all_gather_object's pickling of tensors fails to unpickle on some
+    # torch versions (UntypedStorage has no dtype), and bytes always travel safely.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    gathered: list[bytes] = [b""] * ctx.world_size
+    dist.all_gather_object(gathered, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
 
 
 def barrier(ctx: DistributedContext) -> None:

@@ -75,7 +75,8 @@ class SlurmCluster:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
         done = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+            raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed:\n"
+                               f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
     def env(self) -> dict[str, str]:
         """The environment for SLURM clients (sbatch, squeue, ...) talking to this cluster."""
@@ -150,9 +151,18 @@ class SlurmCluster:
         """Write slurm.conf, start munged, slurmctld and slurmd, and wait until the node is idle."""
         self.ensure_installed()
         self._write_conf()
-        self._start_munged()
-        subprocess.run(["slurmctld", "-c", "-f", str(self.conf)], check=True, env=self.env(), capture_output=True)
-        subprocess.run(["slurmd", "-f", str(self.conf)], check=True, env=self.env(), capture_output=True)
+        try:
+            self._start_munged()
+            for daemon in (["slurmctld", "-c"], ["slurmd"]):
+                done = subprocess.run([*daemon, "-f", str(self.conf)], env=self.env(), capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{daemon[0]} did not start: {done.stderr.strip()} (logs in {self.root})")
+            self._wait_until_idle(timeout_s)
+        except BaseException:
+            self.stop()  # never leave half a cluster running
+            raise
+
+    def _wait_until_idle(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         state = ""
         while time.monotonic() < deadline:
@@ -161,8 +171,8 @@ class SlurmCluster:
             if state.startswith("idle"):
                 return
             time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the test SLURM node did not become idle within {timeout_s} s (state {state!r}); see {self.root}")
+        raise RuntimeError(f"the test SLURM node did not become idle within {timeout_s} s (state {state!r}); "
+                           f"see the logs in {self.root}")
 
     # -- tear-down --------------------------------------------------------------------------------------------
     def stop(self) -> None:
