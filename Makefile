@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slurm bench weights shards clean
+.PHONY: setup demo test test-fast test-slurm sweep-demo bench weights shards clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ bench: setup
 	$(PY) bench/lfq.py
 	$(PY) bench/data.py
 	$(PY) bench/eval.py
+
+## sweep-demo: a local Hydra multirun (2 x 2) of the CPU demo
+sweep-demo: setup
+	$(PY) train.py -m --config-dir sweep --config-name demo
 
 ## weights: fetch the pretrained files (LPIPS VGG/AlexNet, FID Inception) on a machine with network
 weights: setup

@@ -35,7 +35,7 @@ def validate(cfg: DictConfig) -> list[str]:
     if not Path(cfg.ckpt).exists():
         raise ConfigError(f"ckpt={cfg.ckpt} does not exist; pass the path of a checkpoint file or folder.")
     try:
-        metrics = resolve_metrics(list(cfg.metrics))
+        metrics = resolve_metrics([cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     checks = [("fid_mode", cfg.fid_mode, FID_MODES), ("uint8", cfg.uint8, UINT8_MODES),

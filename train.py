@@ -33,7 +33,7 @@ from openmagvit2.eval import evaluate, save_reconstruction_grid
 from openmagvit2.losses import TokenizerLoss, build_discriminator
 from openmagvit2.models import Tokenizer
 from openmagvit2.train import checkpoint
-from openmagvit2.train.distributed import (DistributedContext, any_rank, barrier, gather_objects, init_distributed,
+from openmagvit2.train.distributed import (any_rank, barrier, gather_objects, init_distributed,
                                            mean_across_ranks, shutdown_distributed)
 from openmagvit2.train.ema import ModelEMA
 from openmagvit2.train.precision import Precision
@@ -49,7 +49,9 @@ COMPLETED_MARKER = "COMPLETED"
 def main(cfg: DictConfig) -> None:
     try:
         validate_config(cfg)
-        exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_group(cfg))
+        # Handlers go in first: a pre-emption warning during start-up is honoured at the first step boundary.
+        with PreemptionFlag() as preemption:
+            exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_names(cfg), preemption)
     except (ConfigError, MissingWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         exit_code = 2
@@ -57,14 +59,15 @@ def main(cfg: DictConfig) -> None:
         sys.exit(exit_code)
 
 
-def wandb_group(cfg: DictConfig) -> str | None:
-    """Jobs of one multirun sweep share a W&B group named after the sweep directory."""
-    if cfg.logger.group:
-        return cfg.logger.group
+def wandb_names(cfg: DictConfig) -> dict[str, str | None]:
+    """Jobs of one multirun sweep share a W&B group named after the sweep directory, and each run is named by
+    its overrides (e.g. `loss.perceptual_weight=0.1`), so the dashboard reads like the sweep."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return str(Path(hydra_cfg.sweep.dir)).strip("/").replace("/", "-")
-    return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {"group": cfg.logger.group, "name": cfg.logger.name}
+    sweep_group = str(Path(hydra_cfg.sweep.dir)).strip("/").replace("/", "-")
+    return {"group": cfg.logger.group or sweep_group,
+            "name": cfg.logger.name or hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)}
 
 
 def seed_everything(seed: int) -> None:
@@ -73,8 +76,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> int:
-    """Run (or resume) training in `run_dir`; returns the process exit code."""
+def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
+          preemption: PreemptionFlag | None = None) -> int:
+    """Run (or resume) training in `run_dir`; returns the process exit code (75: pre-empted, checkpoint saved)."""
+    preemption = preemption or PreemptionFlag(signals=())
     ctx = init_distributed(cfg.device)
     seed_everything(cfg.seed)  # the same on every rank: models start identical, data is split by rank
     precision = Precision(cfg.train.precision, ctx.device)
@@ -143,7 +148,7 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> int:
         generator = torch.compile(generator)
 
     tracker = Tracker(run_dir, enabled=ctx.is_main,
-                      logger_cfg=OmegaConf.merge(cfg.logger, {"group": group}),
+                      logger_cfg=OmegaConf.merge(cfg.logger, wandb_run_names or {}),
                       config=OmegaConf.to_container(cfg, resolve=True), max_steps=cfg.train.max_steps,
                       start_step=step)
     if resume_from is not None:
@@ -178,78 +183,77 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> int:
     exit_code = 0
     data_iterator = iter(batches)
 
-    with PreemptionFlag() as preemption:
-        while step < cfg.train.max_steps:
-            images = next(data_iterator).to(ctx.device, non_blocking=True)
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            for optimizer, base_lr in ((opt_g, cfg.optim.lr), (opt_d, cfg.optim.disc_lr)):
-                for group_ in optimizer.param_groups:
-                    group_["lr"] = base_lr * lr_at(step)
+    while step < cfg.train.max_steps:
+        images = next(data_iterator).to(ctx.device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        for optimizer, base_lr in ((opt_g, cfg.optim.lr), (opt_d, cfg.optim.disc_lr)):
+            for group_ in optimizer.param_groups:
+                group_["lr"] = base_lr * lr_at(step)
 
-            # Generator step: reconstruction, perceptual, adversarial (D frozen), entropy and commitment terms.
-            discriminator.requires_grad_(False)
+        # Generator step: reconstruction, perceptual, adversarial (D frozen), entropy and commitment terms.
+        discriminator.requires_grad_(False)
+        with precision.autocast():
+            output = generator(images)
+            g_loss, g_logs = criterion.generator_loss(images, output.reconstruction, output.quantizer,
+                                                      discriminator, step, last_layer=last_layer)
+        if any_rank(not bool(torch.isfinite(g_loss)), ctx):
+            tracker.info(f"non-finite generator loss at step {step} ({format_logs(g_logs)}); stopping. The last "
+                         f"good checkpoint is {checkpoint.latest_checkpoint(run_dir)}. Try train.precision=fp32 "
+                         "or bf16, a lower optim.lr, or train.grad_clip=1.0.")
+            exit_code = 1
+            break
+        opt_g.zero_grad(set_to_none=True)
+        scaler_g.scale(g_loss).backward()
+        g_grad_norm = clip_and_step(opt_g, scaler_g, tokenizer.parameters(), cfg.train.grad_clip)
+
+        # Discriminator step on the detached reconstruction (no second generator forward).
+        discriminator.requires_grad_(True)
+        d_logs: dict[str, torch.Tensor] = {}
+        d_grad_norm = torch.zeros(())
+        if step >= cfg.loss.disc_start:
             with precision.autocast():
-                output = generator(images)
-                g_loss, g_logs = criterion.generator_loss(images, output.reconstruction, output.quantizer,
-                                                          discriminator, step, last_layer=last_layer)
-            if any_rank(not bool(torch.isfinite(g_loss)), ctx):
-                tracker.info(f"non-finite generator loss at step {step} ({format_logs(g_logs)}); stopping. The last "
-                             f"good checkpoint is {checkpoint.latest_checkpoint(run_dir)}. Try train.precision=fp32 "
-                             "or bf16, a lower optim.lr, or train.grad_clip=1.0.")
-                exit_code = 1
-                break
-            opt_g.zero_grad(set_to_none=True)
-            scaler_g.scale(g_loss).backward()
-            g_grad_norm = clip_and_step(opt_g, scaler_g, tokenizer.parameters(), cfg.train.grad_clip)
+                d_loss, d_logs = criterion.discriminator_loss(images, output.reconstruction.detach(), disc, step)
+            opt_d.zero_grad(set_to_none=True)
+            scaler_d.scale(d_loss).backward()
+            d_grad_norm = clip_and_step(opt_d, scaler_d, discriminator.parameters(), cfg.train.grad_clip)
 
-            # Discriminator step on the detached reconstruction (no second generator forward).
-            discriminator.requires_grad_(True)
-            d_logs: dict[str, torch.Tensor] = {}
-            d_grad_norm = torch.zeros(())
-            if step >= cfg.loss.disc_start:
-                with precision.autocast():
-                    d_loss, d_logs = criterion.discriminator_loss(images, output.reconstruction.detach(), disc, step)
-                opt_d.zero_grad(set_to_none=True)
-                scaler_d.scale(d_loss).backward()
-                d_grad_norm = clip_and_step(opt_d, scaler_d, discriminator.parameters(), cfg.train.grad_clip)
+        if ema:
+            ema.update(tokenizer)
+        step += 1
+        window_images += images.shape[0] * ctx.world_size
+        tracker.advance(step)
 
-            if ema:
-                ema.update(tokenizer)
-            step += 1
-            window_images += images.shape[0] * ctx.world_size
-            tracker.advance(step)
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            elapsed = time.perf_counter() - window_start
+            used = output.quantizer.indices.unique().numel()
+            logs = mean_across_ranks({**g_logs, **d_logs, "grad_norm/generator": g_grad_norm,
+                                      "grad_norm/discriminator": d_grad_norm,
+                                      "codebook/batch_usage": torch.tensor(used / codebook_size)}, ctx)
+            logs.update({"lr": opt_g.param_groups[0]["lr"], "img_per_s": window_images / elapsed,
+                         "steps_per_s": window_images / elapsed / (cfg.train.batch_size * ctx.world_size),
+                         **{f"data/{k}": float(v) for k, v in batches.stats().items()}})
+            tracker.log_scalars(step, logs, cfg.train.max_steps)
+            window_start, window_images = time.perf_counter(), 0
 
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                elapsed = time.perf_counter() - window_start
-                used = output.quantizer.indices.unique().numel()
-                logs = mean_across_ranks({**g_logs, **d_logs, "grad_norm/generator": g_grad_norm,
-                                          "grad_norm/discriminator": d_grad_norm,
-                                          "codebook/batch_usage": torch.tensor(used / codebook_size)}, ctx)
-                logs.update({"lr": opt_g.param_groups[0]["lr"], "img_per_s": window_images / elapsed,
-                             "steps_per_s": window_images / elapsed / (cfg.train.batch_size * ctx.world_size),
-                             **{f"data/{k}": float(v) for k, v in batches.stats().items()}})
-                tracker.log_scalars(step, logs, cfg.train.max_steps)
-                window_start, window_images = time.perf_counter(), 0
+        if cfg.train.image_every and step % cfg.train.image_every == 0 and ctx.is_main:
+            grid = run_dir / "images" / f"step_{step:08d}.png"
+            save_reconstruction_grid(images[:8], output.reconstruction[:8].detach().clamp(-1, 1), grid, nrow=8)
+            tracker.log_image(step, "reconstructions", grid)
 
-            if cfg.train.image_every and step % cfg.train.image_every == 0 and ctx.is_main:
-                grid = run_dir / "images" / f"step_{step:08d}.png"
-                save_reconstruction_grid(images[:8], output.reconstruction[:8].detach().clamp(-1, 1), grid, nrow=8)
-                tracker.log_image(step, "reconstructions", grid)
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
+            run_eval(step)
 
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
-                run_eval(step)
+        if any_rank(preemption.requested, ctx):
+            path = save_checkpoint(step)
+            tracker.info(f"pre-emption signal ({preemption.name or 'on another rank'}) at step {step}: saved "
+                         f"{path}; exiting with code {REQUEUE_EXIT_CODE} so that the launcher can requeue it")
+            exit_code = REQUEUE_EXIT_CODE
+            break
 
-            if any_rank(preemption.requested, ctx):
-                path = save_checkpoint(step)
-                tracker.info(f"pre-emption signal ({preemption.name or 'on another rank'}) at step {step}: saved "
-                             f"{path}; exiting with code {REQUEUE_EXIT_CODE} so that the job is requeued")
-                exit_code = REQUEUE_EXIT_CODE
-                break
-
-            if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps:
-                path = save_checkpoint(step)
-                tracker.info(f"saved checkpoint {path}")
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps:
+            path = save_checkpoint(step)
+            tracker.info(f"saved checkpoint {path}")
 
     if exit_code == 0:
         final = run_eval(step)

@@ -58,11 +58,13 @@ def _validate_train(cfg: DictConfig) -> None:
     resume = _check(cfg, "train.resume", lambda v: isinstance(v, str) and v != "", "auto, never, or a checkpoint path")
     if resume not in ("auto", "never") and not Path(resume).is_file():
         raise ConfigError(f"train.resume={resume!r} is not a file; give a checkpoint path, or auto / never.")
+    global_batch = _check(cfg, "train.global_batch_size", lambda v: v is None or _positive_int(v),
+                          "null or an integer >= 1 (images per step over all processes)")
     world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
-    global_batch = OmegaConf.select(cfg, "train.global_batch_size", default=None)
     if global_batch is not None and global_batch != cfg.train.batch_size * world_size:
         raise ConfigError(f"train.global_batch_size={global_batch} does not equal train.batch_size "
-                          f"({cfg.train.batch_size}) x {world_size} processes; change one of them.")
+                          f"({cfg.train.batch_size}) x {world_size} processes; change the batch size or the "
+                          "number of processes, or set train.global_batch_size=null to train with another batch.")
 
 
 def _validate_model(cfg: DictConfig) -> None:

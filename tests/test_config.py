@@ -62,6 +62,15 @@ def test_bad_values_are_refused_naming_the_key(override: str, key: str) -> None:
         validate_config(cfg)
 
 
+def test_global_batch_plan_is_checked_against_the_process_count(monkeypatch) -> None:
+    cfg = compose_config(["experiment=demo", "train.batch_size=8", "train.global_batch_size=256"])
+    monkeypatch.setenv("WORLD_SIZE", "32")
+    validate_config(cfg)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size=256 .* 16 processes"):
+        validate_config(cfg)
+
+
 def test_cli_prints_job_config() -> None:
     result = run_entry_point(["train.py", "quantizer.codebook_bits=18", "--cfg", "job"])
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ from PIL import Image
 from openmagvit2.data import build_train_loader, build_val_loader, validate_data_config
 from openmagvit2.data.make_shards import convert, main
 from openmagvit2.data.synthetic import broken_images, odd_images
-from openmagvit2.data.wds import ShardError, default_index_path, iter_shard
+from openmagvit2.data.shards import ShardError, default_index_path, iter_shard
 
 NUM_IMAGES = 80
 NUM_CLASSES = 4
@@ -100,7 +100,8 @@ def test_conversion_resumes_without_redoing_finished_shards(shards, tmp_path):
 
 def test_conversion_is_deterministic_and_cli_reports_errors(shards, tmp_path, capsys):
     root, _, _ = shards
-    assert main(["--src", str(root / "train"), "--out", str(tmp_path / "a"), "--shard-size", "10", "--workers", "1"]) == 0
+    arguments = ["--src", str(root / "train"), "--out", str(tmp_path / "a"), "--shard-size", "10", "--workers", "1"]
+    assert main(arguments) == 0
     with open(tmp_path / "a" / "train-000003.tar", "rb") as a, open(root / "shards" / "train-000003.tar", "rb") as b:
         assert a.read() == b.read()
     assert main(["--src", str(tmp_path / "missing"), "--out", str(tmp_path / "b")]) == 2
@@ -260,3 +261,13 @@ def test_shards_are_plain_deterministic_tars(shards):
     keys = [member.name.split(".", 1)[0] for member in members]
     assert keys == sorted(keys) and all(keys.count(key) == 3 for key in keys)
     assert {member.name.split(".", 1)[1] for member in members} == {"png", "cls", "path"}
+
+
+def test_shipped_config_names_the_missing_shards(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("IMAGENET_SHARDS", str(tmp_path / "nowhere"))
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "data", "imagenet_wds.yaml"))
+    assert cfg.shards == str(tmp_path / "nowhere" / "train-{000000..001281}.tar")
+    with pytest.raises(ValueError, match=r"data\.shards: shard .*train-000000\.tar.*1281 more"):
+        validate_data_config(cfg)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from openmagvit2 import Tokenizer
@@ -142,6 +143,18 @@ def test_conf_model_yaml_matches_preset_and_builds(name: str) -> None:
     with torch.device("meta"):
         tokenizer = Tokenizer.from_config(OmegaConf.create({"name": name, **config}), quantizer)
     assert tokenizer.hparams["bit_order"] == config["bit_order"]
+
+
+@pytest.mark.parametrize(("experiment", "model"), [("in128_base", "openmagvit2_v1_128_base"),
+                                                   ("in256_base", "openmagvit2_v1_256_base"),
+                                                   ("in128_large", "openmagvit2_v3_128_large"),
+                                                   ("in256_large", "openmagvit2_v3_256_large"), ("demo", "tiny")])
+def test_composed_experiments_build_their_tokenizer(experiment: str, model: str) -> None:
+    cfg = compose_config([f"experiment={experiment}"])
+    with torch.device("meta"):
+        tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer)
+    assert tokenizer.hparams == {**model_preset(model), **QUANTIZER_DEFAULTS, "in_channels": 3, "out_channels": 3,
+                                 "codebook_bits": cfg.quantizer.codebook_bits}
 
 
 def test_conf_quantizer_matches_the_recipe_defaults() -> None:

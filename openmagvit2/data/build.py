@@ -12,8 +12,8 @@ from typing import Any, Mapping
 from .folder import FolderTrain, FolderVal, scan_image_folder
 from .loaders import MapStyleTrainLoader, MapStyleValLoader
 from .sample import SampleTrain, SampleVal, check_photo_names
-from .wds import (WdsTrainLoader, WdsValLoader, default_index_path, expand_shards, missing_local_shards,
-                  read_index)
+from .shards import default_index_path, expand_shards, missing_local_shards, read_index
+from .wds import WdsTrainLoader, WdsValLoader
 
 SOURCES = ("sample", "imagenet_folder", "imagenet_wds")
 

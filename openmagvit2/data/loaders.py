@@ -207,7 +207,7 @@ class MapStyleTrainLoader:
 
 
 def val_subset(num_images: int, max_images: int | None) -> np.ndarray:
-    """Indices of the fixed evaluation subset: all images, or ``max_images`` evenly spaced ones (spread over classes)."""
+    """Indices of the fixed evaluation subset: all images, or ``max_images`` evenly spaced ones (across classes)."""
     if max_images is None or max_images >= num_images:
         return np.arange(num_images)
     if max_images <= 0:
@@ -256,12 +256,14 @@ class MapStyleValLoader:
         self.indices = np.array_split(subset, world_size)[rank]
         self.num_images = len(self.indices)
         self._skipped = 0
+        self._yielded = 0
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         self._skipped = 0
+        self._yielded = 0
         loader = DataLoader(
             _ValItems(self.source, self.indices),
             batch_size=self.batch_size,
@@ -274,8 +276,9 @@ class MapStyleValLoader:
                 log.warning("data=%s: skipped a corrupt val image: %s", self.name, message)
             self._skipped += len(failures)
             if images is not None:
+                self._yielded += len(images)
                 yield to_model_range(images)
 
     def stats(self) -> dict:
-        """``{"images": n planned on this rank, "skipped_corrupt": n skipped in the last pass}``."""
-        return {"images": self.num_images, "skipped_corrupt": self._skipped}
+        """``{"images": n yielded in the last pass, "skipped_corrupt": n skipped in it}`` for this rank."""
+        return {"images": self._yielded, "skipped_corrupt": self._skipped}

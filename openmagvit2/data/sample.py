@@ -62,7 +62,7 @@ def check_photo_names(train_photos: Sequence[str], val_photos: Sequence[str]) ->
             raise ValueError(f"{key} has unknown photos {unknown}: choose from {sorted(PHOTOS)}.")
     shared = sorted(set(train_photos) & set(val_photos))
     if shared:
-        raise ValueError(f"data.val_photos {shared} are also in data.train_photos: keep the validation photos held out.")
+        raise ValueError(f"data.val_photos {shared} are also in data.train_photos: keep validation photos held out.")
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,7 +77,7 @@ def load_photos(names: Sequence[str]) -> list[Image.Image]:
 
 def random_resized_crop(photo: Image.Image, size: int, scale: tuple[float, float], rng: np.random.Generator,
                         hflip: bool) -> torch.Tensor:
-    """A square of side ``u x short side`` (u ~ U(scale)) at a random place, resized to ``size``; uint8 ``3 size size``."""
+    """A random square of side ``u x short side`` (u ~ U(scale)), resized to ``size``; uint8 ``3 size size``."""
     short = min(photo.size)
     side = int(round(short * rng.uniform(scale[0], scale[1])))
     side = int(np.clip(side, 1, short))

@@ -33,7 +33,7 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
 
 
 def random_crop_box(width: int, height: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Top-left corner (left, top) of a uniformly random ``size`` x ``size`` crop inside a ``width`` x ``height`` image."""
+    """Top-left corner (left, top) of a uniformly random ``size`` x ``size`` crop in a ``width`` x ``height`` image."""
     left = int(rng.integers(0, width - size + 1))
     top = int(rng.integers(0, height - size + 1))
     return left, top

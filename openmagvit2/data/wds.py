@@ -31,130 +31,25 @@ every shard (spread evenly over the shards), so an in-training evaluation reads 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import re
-import tarfile
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.shardlists import expand_urls
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import CorruptImageError, decode_image
 from .loaders import MAX_LOGGED_FAILURES
+from .shards import has_label, image_bytes, iter_shard, read_segments, sample_name, shuffle_buffer
 from .transforms import sample_rng, to_model_range, train_transform, val_transform
 
 log = logging.getLogger(__name__)
 
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm", "jfif", "img")
 STREAM_SHARDS = 11
 STREAM_BUFFER = 12
 STREAM_CROP = 13
 MAX_CONSECUTIVE_FAILURES = 1000
-
-
-class ShardError(RuntimeError):
-    """A shard that cannot be opened or read as a tar file."""
-
-
-def is_remote(url: str) -> bool:
-    """True for URLs webdataset opens through a pipe or a network client (``pipe:``, ``s3://``, ``http://``, ...)."""
-    return bool(re.match(r"^[a-z][a-z0-9+]*:", url)) and not url.startswith("file:")
-
-
-def expand_shards(spec: str | Sequence[str]) -> list[str]:
-    """Shard URLs from a brace pattern (``/d/train-{000000..001281}.tar``) or a list of them."""
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    urls: list[str] = []
-    for item in specs:
-        urls.extend(expand_urls(str(item)))
-    return urls
-
-
-def missing_local_shards(urls: Sequence[str]) -> list[str]:
-    """Local shard paths that do not exist (remote URLs cannot be checked up front and are never listed)."""
-    return [url for url in urls if not is_remote(url) and not os.path.isfile(url.removeprefix("file:"))]
-
-
-def default_index_path(spec: str | Sequence[str]) -> str | None:
-    """Where ``make_shards`` put the index of these shards: ``<dir>/<prefix>.json`` for ``<dir>/<prefix>-{..}.tar``."""
-    first = spec if isinstance(spec, str) else (spec[0] if len(spec) else "")
-    if not first:
-        return None
-    directory, name = os.path.split(str(first))
-    prefix = re.split(r"[{]|-?\d{4,}\.tar$", name)[0].rstrip("-_.")
-    return os.path.join(directory, f"{prefix}.json") if prefix else None
-
-
-def read_index(path: str) -> dict:
-    """The JSON index written by ``make_shards`` (class names, counts per shard, total)."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def iter_shard(url: str) -> Iterator[dict]:
-    """Samples of one shard in stored order: dicts with ``__key__``, ``__url__`` and one bytes entry per field.
-
-    Raises :class:`ShardError` naming the shard when it cannot be opened or is not a readable tar.
-    """
-    try:
-        stream = wds.gopen(url, "rb")
-    except Exception as error:  # webdataset raises many types (OSError, ValueError, subprocess errors)
-        raise ShardError(f"cannot open shard {url}: {error}") from error
-    try:
-        files = ({**entry, "__url__": url} for entry in tar_file_iterator(stream))
-        yield from group_by_keys(files)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as error:
-        raise ShardError(f"shard {url} is not a readable tar file ({error}); re-create it with make_shards.") from error
-    finally:
-        stream.close()
-
-
-def image_bytes(sample: dict) -> bytes:
-    """The encoded image of a sample (first known image field); :class:`CorruptImageError` when there is none."""
-    for field in IMAGE_FIELDS:
-        if field in sample:
-            return sample[field]
-    fields = sorted(key for key in sample if not key.startswith("__"))
-    raise CorruptImageError(f"sample has no image field (fields: {fields})")
-
-
-def has_label(sample: dict) -> bool:
-    return "cls" in sample
-
-
-def sample_name(sample: dict) -> str:
-    return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-
-
-def _read_segments(segments: Sequence[tuple[str, int, int | None]]) -> Iterator[dict]:
-    """Samples ``start <= n < stop`` of each (shard, start, stop) segment, in order."""
-    for url, start, stop in segments:
-        for number, sample in enumerate(iter_shard(url)):
-            if stop is not None and number >= stop:
-                break
-            if number >= start:
-                yield sample
-
-
-def shuffle_buffer(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """Streaming shuffle: keep ``size`` samples, emit a random one per new sample, drain randomly at the end."""
-    buffer: list[dict] = []
-    for sample in samples:
-        if len(buffer) < size:
-            buffer.append(sample)
-            continue
-        slot = rng.randrange(size)
-        buffer[slot], sample = sample, buffer[slot]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 def _reader_slot() -> tuple[int, int]:
@@ -166,8 +61,8 @@ class _TrainStream(IterableDataset):
     """Worker side of the training stream; yields (uint8 ``b 3 h w``, meta) for its share of the epoch's batches."""
 
     def __init__(self, urls: list[str], counts: list[int] | None, *, image_size: int, hflip: bool, draft: bool,
-                 shuffle_buffer: int, shard_shuffle: bool, seed: int, rank: int, world_size: int, num_readers: int, batch_size: int,
-                 epoch: int, start_batch: int, epoch_size: int, offsets: list[int]):
+                 shuffle_buffer: int, shard_shuffle: bool, seed: int, rank: int, world_size: int, num_readers: int,
+                 batch_size: int, epoch: int, start_batch: int, epoch_size: int, offsets: list[int]):
         self.urls = urls
         self.counts = counts
         self.image_size = image_size
@@ -223,7 +118,7 @@ class _TrainStream(IterableDataset):
                 permutation = sample_rng(self.seed, STREAM_SHARDS, self.epoch, self.rank, reader, round_index)
                 segments = [segments[i] for i in permutation.permutation(len(segments))]
             produced = 0
-            for sample in shuffle_buffer(_read_segments(segments), max(1, self.buffer_size), rng):
+            for sample in shuffle_buffer(read_segments(segments), max(1, self.buffer_size), rng):
                 produced += 1
                 yield sample
             if produced == 0:
@@ -278,9 +173,9 @@ def _identity(item):
 class WdsTrainLoader:
     """Iterates forever over float ``b 3 h w`` batches in [-1, 1] from WebDataset shards (see the module docstring)."""
 
-    def __init__(self, urls: list[str], *, counts: list[int] | None, total_samples: int, image_size: int, hflip: bool, draft: bool,
-                 shuffle_buffer: int, shard_shuffle: bool, batch_size: int, rank: int, world_size: int, seed: int,
-                 num_workers: int):
+    def __init__(self, urls: list[str], *, counts: list[int] | None, total_samples: int, image_size: int,
+                 hflip: bool, draft: bool, shuffle_buffer: int, shard_shuffle: bool, batch_size: int, rank: int,
+                 world_size: int, seed: int, num_workers: int):
         self.num_readers = max(1, num_workers)
         slots = world_size * self.num_readers
         if counts is None and len(urls) < slots:

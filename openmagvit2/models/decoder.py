@@ -48,11 +48,6 @@ class Decoder(nn.Module):
         self.norm_out = group_norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv, used by the adaptive (VQGAN) GAN weight."""
-        return self.conv_out.weight
-
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
         """quantized: `b z h w` (+-1 codes, or the straight-through latent). Returns images `b 3 hf wf`."""
         x = self.conv_in(quantized)

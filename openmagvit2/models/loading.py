@@ -143,12 +143,10 @@ def load_tokenizer(cls: type[T], path: str | Path, model: str | Mapping[str, Any
     """See `Tokenizer.from_checkpoint`."""
     path = Path(path)
     if path.is_dir():
-        tokenizer = load_pretrained(cls, path, map_location=map_location)
         if model is not None:
-            rebuilt = cls(**resolve_model(model))
-            load_generator_state(rebuilt, tokenizer.state_dict(), str(path))
-            return rebuilt.eval()
-        return tokenizer
+            raise ValueError(f"{path} is a save_pretrained folder whose config.json defines the architecture: "
+                             f"drop the model argument.")
+        return load_pretrained(cls, path, map_location=map_location)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a .pt/.ckpt file or a save_pretrained folder.")
     checkpoint = read_checkpoint(path, map_location, weights_only)

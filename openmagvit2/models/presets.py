@@ -23,14 +23,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, adaptive_norm=False, bit_order="lsb_first"),
 }
 
-# The released file names, for error messages and docs: `_B`/`_L` is the generation, not the resolution.
-RELEASED_FILES = {
-    "imagenet_128_B.ckpt": "openmagvit2_v1_128_base",
-    "imagenet_256_B.ckpt": "openmagvit2_v1_256_base",
-    "imagenet_128_L.ckpt": "openmagvit2_v3_128_large",
-    "imagenet_256_L.ckpt": "openmagvit2_v3_256_large",
-}
-
 
 def model_preset(name: str) -> dict[str, Any]:
     """A copy of the architecture hyper-parameters registered under `name` (a `conf/model/` option)."""
