@@ -47,5 +47,14 @@ sweep-demo: setup
 weights: setup
 	$(PY) -m openmagvit2.weights download --all
 
+## shards: convert an ImageNet folder (SRC/train, SRC/val) into WebDataset shards in OUT (resumable)
+SRC ?= data/imagenet
+OUT ?= data/imagenet_shards
+SHARD_SIZE ?= 1000
+WORKERS ?= 8
+shards: setup
+	$(PY) -m openmagvit2.data.make_shards --src $(SRC)/train --out $(OUT) --shard-size $(SHARD_SIZE) --workers $(WORKERS)
+	$(PY) -m openmagvit2.data.make_shards --src $(SRC)/val --out $(OUT) --shard-size $(SHARD_SIZE) --workers $(WORKERS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache runs outputs multirun

@@ -159,13 +159,15 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
                  f"{count_parameters(discriminator) / 1e6:.2f}M; global batch "
                  f"{cfg.train.batch_size * ctx.world_size}; precision {cfg.train.precision}")
 
-    val_batches = list(build_val_loader(cfg.data, cfg.train.batch_size, ctx.rank, ctx.world_size,
-                                        max_images=cfg.train.eval_images))
+    # The fixed val subset stays in memory as uint8 (4x smaller than float; images are 8-bit to begin with).
+    val_batches = [to_uint8(batch) for batch in build_val_loader(cfg.data, cfg.train.batch_size, ctx.rank,
+                                                                  ctx.world_size, max_images=cfg.train.eval_images)]
     eval_metrics = training_eval_metrics(tracker)
 
     def run_eval(step: int) -> dict[str, float]:
         model = ema.module if ema else tokenizer
-        results = evaluate(model, val_batches, metrics=eval_metrics, device=ctx.device)
+        results = evaluate(model, (from_uint8(batch) for batch in val_batches), metrics=eval_metrics,
+                           device=ctx.device)
         results = {f"val/{name}": value for name, value in results.items()}
         tracker.log_scalars(step, results, cfg.train.max_steps)
         if ctx.is_main:
@@ -298,6 +300,15 @@ def training_eval_metrics(tracker: Tracker) -> list[str]:
         tracker.info("LPIPS weights not found: in-training evaluation reports PSNR and codebook usage only "
                      "(make weights fetches them)")
     return metrics
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> uint8 (exact for images that came from 8-bit pixels as x / 127.5 - 1)."""
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from openmagvit2 import LFQ  # noqa: E402
+from openmagvit2 import LFQ
 
 TEMPERATURE, EPS = 0.01, 1e-5
 TOKENS_PER_IMAGE = 256

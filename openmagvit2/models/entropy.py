@@ -85,13 +85,13 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102 - autograd API
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102 - autograd API
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         total = grad.clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total

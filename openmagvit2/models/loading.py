@@ -92,10 +92,10 @@ def infer_hparams(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     log.info("architecture inferred from the checkpoint keys: ch=%d ch_mult=%s num_res_blocks=%d adaptive_norm=%s; "
              "bit order %s (pass model=... to set it explicitly)", ch, ch_mult, num_res_blocks, adaptive_norm,
              bit_order)
-    return dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, adaptive_norm=adaptive_norm,
-                bit_order=bit_order, codebook_bits=state["encoder.conv_out.weight"].shape[0],
-                in_channels=state["encoder.conv_in.weight"].shape[1],
-                out_channels=state["decoder.conv_out.weight"].shape[0] if "decoder.conv_out.weight" in state else 3)
+    return {"ch": ch, "ch_mult": ch_mult, "num_res_blocks": num_res_blocks, "adaptive_norm": adaptive_norm,
+                "bit_order": bit_order, "codebook_bits": state["encoder.conv_out.weight"].shape[0],
+                "in_channels": state["encoder.conv_in.weight"].shape[1],
+                "out_channels": state["decoder.conv_out.weight"].shape[0] if "decoder.conv_out.weight" in state else 3}
 
 
 def resolve_model(model: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def load_tokenizer(cls: type[T], path: str | Path, model: str | Mapping[str, Any
         raise FileNotFoundError(f"no checkpoint at {path}: pass a .pt/.ckpt file or a save_pretrained folder.")
     checkpoint = read_checkpoint(path, map_location, weights_only)
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
+        raise TypeError(f"{path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
 
     if checkpoint.get("format") == FORMAT:
         hparams = resolve_model(model) if model is not None else dict(checkpoint["tokenizer_hparams"])

@@ -9,18 +9,18 @@ from typing import Any
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # 8x down, 16x16 tokens at 128 px; channel 0 is the most significant bit of the token index.
-    "openmagvit2_v1_128_base": dict(ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=2, adaptive_norm=False,
-                                    bit_order="msb_first"),
+    "openmagvit2_v1_128_base": {"ch": 128, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 2, "adaptive_norm": False,
+                                "bit_order": "msb_first"},
     # 16x down, 16x16 tokens at 256 px.
-    "openmagvit2_v1_256_base": dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, adaptive_norm=False,
-                                    bit_order="msb_first"),
+    "openmagvit2_v1_256_base": {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "adaptive_norm": False,
+                                "bit_order": "msb_first"},
     # v2/v3 "Large": adaptive GroupNorm in the decoder, channel 0 is the least significant bit.
-    "openmagvit2_v3_128_large": dict(ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=4, adaptive_norm=True,
-                                     bit_order="lsb_first"),
-    "openmagvit2_v3_256_large": dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=4, adaptive_norm=True,
-                                     bit_order="lsb_first"),
+    "openmagvit2_v3_128_large": {"ch": 128, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 4, "adaptive_norm": True,
+                                 "bit_order": "lsb_first"},
+    "openmagvit2_v3_256_large": {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 4, "adaptive_norm": True,
+                                 "bit_order": "lsb_first"},
     # CPU demos and tests: 4x down (16x16 tokens at 64 px).
-    "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, adaptive_norm=False, bit_order="lsb_first"),
+    "tiny": {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "adaptive_norm": False, "bit_order": "lsb_first"},
 }
 
 

@@ -18,9 +18,9 @@ from openmagvit2.models.quantizer import LFQ, LFQOutput
 
 # Hyper-parameters that define a Tokenizer, with their defaults (the released quantizer settings).
 ARCHITECTURE_KEYS = ("ch", "ch_mult", "num_res_blocks", "adaptive_norm", "bit_order", "in_channels", "out_channels")
-QUANTIZER_DEFAULTS: dict[str, Any] = dict(codebook_bits=18, entropy_temperature=0.01, entropy_eps=1e-5,
-                                          sample_minimization_weight=1.0, batch_maximization_weight=1.0,
-                                          entropy_across_ranks=False)
+QUANTIZER_DEFAULTS: dict[str, Any] = {"codebook_bits": 18, "entropy_temperature": 0.01, "entropy_eps": 1e-5,
+                                          "sample_minimization_weight": 1.0, "batch_maximization_weight": 1.0,
+                                          "entropy_across_ranks": False}
 HPARAM_KEYS = ARCHITECTURE_KEYS + tuple(QUANTIZER_DEFAULTS)
 
 
@@ -61,15 +61,15 @@ def normalize_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     if not ch_mult or min(ch_mult) < 1 or int(merged["ch"]) < 1 or int(merged["num_res_blocks"]) < 1:
         raise ValueError(f"model.ch={merged['ch']}, model.ch_mult={ch_mult} and model.num_res_blocks="
                          f"{merged['num_res_blocks']} must be positive (ch_mult a non-empty list).")
-    return dict(
-        ch=int(merged["ch"]), ch_mult=ch_mult, num_res_blocks=int(merged["num_res_blocks"]),
-        adaptive_norm=bool(merged["adaptive_norm"]), bit_order=str(merged["bit_order"]),
-        in_channels=int(merged["in_channels"]), out_channels=int(merged["out_channels"]),
-        codebook_bits=int(merged["codebook_bits"]), entropy_temperature=float(merged["entropy_temperature"]),
-        entropy_eps=float(merged["entropy_eps"]),
-        sample_minimization_weight=float(merged["sample_minimization_weight"]),
-        batch_maximization_weight=float(merged["batch_maximization_weight"]),
-        entropy_across_ranks=bool(merged["entropy_across_ranks"]))
+    return {
+        "ch": int(merged["ch"]), "ch_mult": ch_mult, "num_res_blocks": int(merged["num_res_blocks"]),
+        "adaptive_norm": bool(merged["adaptive_norm"]), "bit_order": str(merged["bit_order"]),
+        "in_channels": int(merged["in_channels"]), "out_channels": int(merged["out_channels"]),
+        "codebook_bits": int(merged["codebook_bits"]), "entropy_temperature": float(merged["entropy_temperature"]),
+        "entropy_eps": float(merged["entropy_eps"]),
+        "sample_minimization_weight": float(merged["sample_minimization_weight"]),
+        "batch_maximization_weight": float(merged["batch_maximization_weight"]),
+        "entropy_across_ranks": bool(merged["entropy_across_ranks"])}
 
 
 class Tokenizer(nn.Module):
