@@ -3,7 +3,7 @@
     python eval.py ckpt=<file> data=<val data> data.image_size=256 [model=<released arch>] [metrics=[psnr,ssim,usage]]
     torchrun --nproc_per_node=8 eval.py ckpt=<file> ...
 
-Writes to the run dir (`hydra.run.dir`): `metrics.json`, `images/reconstructions.png`, and prints a table plus a
+Writes to the run dir (`hydra.run.dir`): `metrics.json`, `reconstructions.png`, and prints a table plus a
 markdown row of the seed's results table. See docs/evaluation.md.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                            precision=cfg.precision, on_batch=grid)
         if ctx.is_main:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-            grid_path = grid.save(run_dir / "images" / "reconstructions.png")
+            grid_path = grid.save(run_dir / "reconstructions.png")
             hparams = tokenizer.hparams
             name = cfg.name or ckpt.stem
             row = markdown_row(results, name, train_resolution(ckpt), int(cfg.data.image_size),

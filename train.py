@@ -295,7 +295,7 @@ def training_eval_metrics(tracker: Tracker) -> list[str]:
     metrics = ["psnr", "usage"]
     try:
         require(["lpips_vgg"])
-        metrics.append("lpips")
+        metrics.append("lpips_vgg")
     except MissingWeightsError:
         tracker.info("LPIPS weights not found: in-training evaluation reports PSNR and codebook usage only "
                      "(make weights fetches them)")

@@ -75,6 +75,7 @@ def run_all_metrics(tokenizer, batches):
                     fid_feature_dim=8, lpips_networks={"lpips_alex": random_lpips()})
 
 
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")  # clean-fid's call into scipy
 def test_evaluate_equals_direct_computation_on_a_real_tiny_tokenizer():
     from cleanfid.fid import fid_from_feats
 
@@ -317,7 +318,7 @@ def test_eval_py_end_to_end_on_a_tiny_checkpoint(tmp_path, nproc):
     for key, value in expected.items():
         assert saved["metrics"][key] == pytest.approx(value, rel=1e-9), key
     assert saved["world_size"] == nproc and saved["tokenizer_hparams"]["codebook_bits"] == CODEBOOK_BITS
-    assert (run_dir / "images" / "reconstructions.png").is_file()
+    assert (run_dir / "reconstructions.png").is_file()
     assert f"| step_00000005 | 32 | 8×8 @32 | 2^{CODEBOOK_BITS} | – | {expected['psnr']:.2f} |" in result.stdout
     wandb_grids = list((run_dir / "wandb").glob("offline-run-*/files/media/images/eval/reconstructions_*.png"))
     assert len(wandb_grids) == (1 if nproc == 1 else 0)

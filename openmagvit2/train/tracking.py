@@ -7,6 +7,7 @@ import netrc
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ class Tracker:
         import wandb  # imported lazily: it is slow to import and not needed with logger.mode=disabled
 
         id_file = self.run_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         self.wandb_run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
@@ -126,7 +127,7 @@ class Tracker:
         if self._progress is not None:
             self._progress.stop()
         if self.wandb_run is not None:
-            self.wandb_run.finish(quiet=True)
+            self.wandb_run.finish()
         self._log_file.close()
 
 
