@@ -33,6 +33,8 @@ TINY = ["cluster=slurm_local", "experiment=demo", "logger.mode=disabled", "train
 @pytest.fixture(scope="module")
 def cluster():
     reason = missing_requirement()
+    if reason and os.environ.get("OPENMAGVIT2_REQUIRE_SLURM") == "1":
+        pytest.fail(f"OPENMAGVIT2_REQUIRE_SLURM=1 (set by .ci/run) but no test SLURM cluster can start: {reason}")
     if reason:
         pytest.skip(f"cannot start a test SLURM cluster: {reason}")
     # Not under pytest's tmp dir: munged runs as user munge and must be able to reach its socket directory.
