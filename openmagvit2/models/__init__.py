@@ -5,14 +5,5 @@ from openmagvit2.models.presets import MODEL_PRESETS, model_preset
 from openmagvit2.models.quantizer import LFQ, LFQOutput
 from openmagvit2.models.tokenizer import Tokenizer, TokenizerEncoding, TokenizerOutput
 
-__all__ = [
-           "LFQ",
-           "MODEL_PRESETS",
-           "Decoder",
-           "Encoder",
-           "LFQOutput",
-           "Tokenizer",
-           "TokenizerEncoding",
-           "TokenizerOutput",
-           "model_preset",
-]
+__all__ = ["LFQ", "MODEL_PRESETS", "Decoder", "Encoder", "LFQOutput", "Tokenizer", "TokenizerEncoding",
+           "TokenizerOutput", "model_preset"]
