@@ -124,13 +124,19 @@ def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path: Path) -
     moments_b = [s["exp_avg"] for s in b["opt_g"]["state"].values()] + [s["exp_avg"] for s in b["opt_d"]["state"].values()]
     assert sum(float(m.abs().sum()) for m in moments_a) > 0, "no step was taken"
     for ma, mb in zip(moments_a, moments_b, strict=True):
-        torch.testing.assert_close(mb, ma, rtol=1e-4, atol=1e-8)
-    # Weights: Adam's first update is lr * g / (|g| + eps), which amplifies float noise where |g| ~ eps, so the
-    # weights agree to a small fraction of the learning rate rather than to float precision.
-    lr = 3e-4
-    for part in ("generator", "discriminator"):
-        for key, value in a[part].items():
-            torch.testing.assert_close(b[part][key], value, rtol=0, atol=0.1 * lr, msg=f"{part}.{key}")
+        torch.testing.assert_close(mb, ma, rtol=1e-3, atol=1e-7)  # float summation order differs
+    # Weights: Adam's first update is lr * g / (|g| + eps), so where |g| is within float noise of 0 its sign is
+    # noise; everywhere else the two runs must agree to float precision.
+    compared = total = 0
+    for part, optimizer in (("generator", "opt_g"), ("discriminator", "opt_d")):
+        keys, states = list(a[part]), list(a[optimizer]["state"].values())
+        assert len(keys) == len(states), f"{part} has buffers: the key/state pairing below assumes none"
+        for key, state in zip(keys, states):
+            reliable = state["exp_avg"].abs() > 1e-6
+            torch.testing.assert_close(b[part][key][reliable], a[part][key][reliable], rtol=0, atol=1e-6,
+                                       msg=f"{part}.{key}")
+            compared, total = compared + int(reliable.sum()), total + reliable.numel()
+    assert compared > 0.95 * total, f"only {compared} of {total} weights had gradients large enough to compare"
 
 
 def test_demo_learns_and_writes_wandb_offline_run(tmp_path: Path) -> None:
