@@ -36,6 +36,7 @@ from openmagvit2.train import checkpoint
 from openmagvit2.train.distributed import (any_rank, barrier, gather_objects, init_distributed,
                                            mean_across_ranks, shutdown_distributed)
 from openmagvit2.train.ema import ModelEMA
+from openmagvit2.train.init_from import initialise_from_checkpoint
 from openmagvit2.train.precision import Precision
 from openmagvit2.train.schedule import lr_multiplier
 from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
@@ -90,6 +91,11 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
 
     tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
     discriminator = build_discriminator(cfg.loss).to(ctx.device)
+    resume_from = resolve_resume(cfg.train.resume, run_dir)
+    initialised_from = None
+    if cfg.train.init_from and resume_from is None:  # fine-tuning; a resumed run already holds those weights
+        initialised_from = initialise_from_checkpoint(cfg.train.init_from, tokenizer, discriminator,
+                                                      use_ema=cfg.train.init_use_ema)
     if cfg.train.channels_last:
         tokenizer.to(memory_format=torch.channels_last)
         discriminator.to(memory_format=torch.channels_last)
@@ -125,7 +131,6 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         return path
 
     step = 0
-    resume_from = resolve_resume(cfg.train.resume, run_dir)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         tokenizer.load_state_dict(state["generator"])
@@ -155,6 +160,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         tracker.info(f"resumed from {resume_from} at step {step}")
     else:
         tracker.info(f"starting at step 0 in {run_dir} on {ctx.world_size} process(es), device {ctx.device}")
+    if initialised_from:
+        tracker.info(f"initialised {initialised_from}")
     tracker.info(f"generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, discriminator "
                  f"{count_parameters(discriminator) / 1e6:.2f}M; global batch "
                  f"{cfg.train.batch_size * ctx.world_size}; precision {cfg.train.precision}")

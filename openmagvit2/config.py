@@ -60,6 +60,12 @@ def _validate_train(cfg: DictConfig) -> None:
         raise ConfigError(f"train.resume={resume!r} is not a file; give a checkpoint path, or auto / never.")
     global_batch = _check(cfg, "train.global_batch_size", lambda v: v is None or _positive_int(v),
                           "null or an integer >= 1 (images per step over all processes)")
+    init_from = _check(cfg, "train.init_from", lambda v: v is None or isinstance(v, str),
+                       "null or the path of a checkpoint to fine-tune from")
+    if init_from is not None and not Path(init_from).is_file():
+        raise ConfigError(f"train.init_from={init_from!r} is not a file; give our checkpoint or a released "
+                          "Open-MAGVIT2 .ckpt (e.g. imagenet_256_L.ckpt).")
+    _check(cfg, "train.init_use_ema", lambda v: isinstance(v, bool), "true or false")
     world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     if global_batch is not None and global_batch != cfg.train.batch_size * world_size:
         raise ConfigError(f"train.global_batch_size={global_batch} does not equal train.batch_size "

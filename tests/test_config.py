@@ -45,6 +45,7 @@ BAD_VALUES = [
     ("train.precision=fp8", "train.precision"),
     ("train.ema_decay=1.5", "train.ema_decay"),
     ("train.resume=/no/such/ckpt.pt", "train.resume"),
+    ("train.init_from=/no/such/released.ckpt", "train.init_from"),
     ("data.image_size=70", "data.image_size"),
     ("model.ch=48", "model.ch"),
     ("model.bit_order=middle", "model.bit_order"),

@@ -148,3 +148,30 @@ def test_demo_learns_and_writes_wandb_offline_run(tmp_path: Path) -> None:
     assert history[-1]["val/psnr"] > history[0]["val/psnr"] + 2.0, history
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")), "no W&B offline run written"
     assert (tmp_path / "images" / "step_00000060.png").is_file()
+
+
+def test_fine_tuning_starts_from_a_released_checkpoints_ema_weights(tmp_path: Path) -> None:
+    from openmagvit2.losses import build_discriminator
+    from openmagvit2.models import Tokenizer
+
+    cfg = compose_config(FAST_OVERRIDES)
+    torch.manual_seed(123)
+    raw, ema = Tokenizer.from_config(cfg.model, cfg.quantizer), Tokenizer.from_config(cfg.model, cfg.quantizer)
+    disc = build_discriminator(cfg.loss)
+    state = {**raw.state_dict(), **{f"loss.discriminator.{k}": v for k, v in disc.state_dict().items()},
+             "model_ema.decay": torch.tensor(0.999), "model_ema.num_updates": torch.tensor(-1)}
+    state.update({"model_ema." + k.replace(".", ""): v for k, v in ema.state_dict().items()})
+    released = tmp_path / "released.ckpt"
+    torch.save({"state_dict": state, "global_step": 5}, released)
+
+    # A vanishing learning rate: after one step the weights are still the ones loaded (Adam moves them <= 1e-12).
+    run_dir = tmp_path / "run"
+    assert train_in_process([f"train.init_from={released}", "optim.lr=1e-12", "train.max_steps=1",
+                             "train.ema_decay=null", "loss.disc_start=0"], run_dir) == 0
+    assert f"initialised generator (ema weights) and discriminator from {released}" in (run_dir / "train.log").read_text()
+    result = load(latest_checkpoint(run_dir))
+    for key, value in ema.state_dict().items():
+        torch.testing.assert_close(result["generator"][key], value, rtol=0, atol=1e-9, msg=key)
+    assert not torch.equal(result["generator"]["decoder.conv_out.weight"], raw.state_dict()["decoder.conv_out.weight"])
+    for key, value in disc.named_parameters():
+        torch.testing.assert_close(result["discriminator"][key], value.detach(), rtol=0, atol=1e-9, msg=key)
