@@ -7,6 +7,8 @@ covariance (N/(N-1)), K1 = 0.01, K2 = 0.03, the map cropped by 3 pixels on each 
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -50,39 +52,44 @@ def ssim_per_image(images: torch.Tensor, reconstructions: torch.Tensor) -> torch
     return (numerator / denominator).flatten(1).mean(dim=1)
 
 
-class PSNR(Metric):
+class MeanPerImage(Metric):
+    """Mean over images of a per-image score on 8-bit images (float64 sums, so 50k images lose no precision)."""
+
+    name: str
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    @abstractmethod
+    def per_image(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """`b c h w` uint8 pairs -> `b` scores."""
+
+    def update(self, batch: EvalBatch) -> None:
+        values = self.per_image(batch.images_uint8, batch.reconstructions_uint8)
+        self.total += values.sum()
+        self.count += values.numel()
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.total, self.count]
+
+    def compute(self) -> dict[str, float]:
+        return {self.name: (self.total / self.count).item()}
+
+
+class PSNR(MeanPerImage):
     """Mean per-image PSNR (dB) on 8-bit images."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
+    name = "psnr"
 
-    def update(self, batch: EvalBatch) -> None:
-        values = psnr_per_image(batch.images_uint8, batch.reconstructions_uint8)
-        self.total += values.sum()
-        self.count += values.numel()
-
-    def state(self) -> list[torch.Tensor]:
-        return [self.total, self.count]
-
-    def compute(self) -> dict[str, float]:
-        return {"psnr": (self.total / self.count).item()}
+    def per_image(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        return psnr_per_image(images, reconstructions)
 
 
-class SSIM(Metric):
+class SSIM(MeanPerImage):
     """Mean per-image SSIM on 8-bit images."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
+    name = "ssim"
 
-    def update(self, batch: EvalBatch) -> None:
-        values = ssim_per_image(batch.images_uint8, batch.reconstructions_uint8)
-        self.total += values.sum()
-        self.count += values.numel()
-
-    def state(self) -> list[torch.Tensor]:
-        return [self.total, self.count]
-
-    def compute(self) -> dict[str, float]:
-        return {"ssim": (self.total / self.count).item()}
+    def per_image(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        return ssim_per_image(images, reconstructions)
