@@ -175,3 +175,44 @@ def test_fine_tuning_starts_from_a_released_checkpoints_ema_weights(tmp_path: Pa
     assert not torch.equal(result["generator"]["decoder.conv_out.weight"], raw.state_dict()["decoder.conv_out.weight"])
     for key, value in disc.named_parameters():
         torch.testing.assert_close(result["discriminator"][key], value.detach(), rtol=0, atol=1e-9, msg=key)
+
+
+def logged_value(run_dir: Path, step: int, name: str) -> float:
+    for line in (run_dir / "train.log").read_text().splitlines():
+        if line.startswith(f"step {step}/") and f" {name}=" in line:
+            return float(line.split(f" {name}=")[1].split()[0])
+    raise AssertionError(f"{name} at step {step} not in {run_dir / 'train.log'}")
+
+
+def test_compiled_generator_trains_like_the_eager_one(tmp_path: Path) -> None:
+    common = ["train.max_steps=2", "train.ema_decay=null"]
+    assert train_in_process(common, tmp_path / "eager") == 0
+    assert train_in_process(common + ["train.compile=true"], tmp_path / "compiled") == 0
+    for step in (1, 2):
+        eager, compiled = (logged_value(tmp_path / run, step, "loss/g_total") for run in ("eager", "compiled"))
+        assert compiled == pytest.approx(eager, rel=1e-3, abs=1e-4), step
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    # A learning rate of 1e6 blows the weights up within a few steps.
+    exit_code = train_in_process(["optim.lr=1e6", "train.max_steps=200", "train.ckpt_every=1",
+                                  "train.keep_last=0", "loss.disc_start=0"], tmp_path)
+    log = (tmp_path / "train.log").read_text()
+    assert exit_code == 1, log
+    assert "non-finite generator loss at step" in log
+    failed_at = int(log.split("non-finite generator loss at step ")[1].split()[0])
+    saved = [load(path)["step"] for path in list_checkpoints(tmp_path)]
+    assert saved and max(saved) == failed_at, (saved, failed_at)  # nothing written after the bad step
+    assert not (tmp_path / "COMPLETED").exists()
+    for path in list_checkpoints(tmp_path):
+        assert all(torch.isfinite(v).all() for v in load(path)["generator"].values())
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path: Path) -> None:
+    overrides = ["logger.mode=offline", "train.ckpt_every=1"]
+    assert train_in_process(overrides + ["train.max_steps=1"], tmp_path) == 0
+    run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
+    assert train_in_process(overrides + ["train.max_steps=2"], tmp_path) == 0
+    assert (tmp_path / "wandb_run_id.txt").read_text().strip() == run_id
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(path.name.endswith(f"-{run_id}") for path in runs), runs
