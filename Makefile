@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/lfq.py
 	$(PY) bench/data.py
 	$(PY) bench/eval.py
+	$(PY) bench/train_step.py
 
 ## sweep-demo: a local Hydra multirun (2 x 2) of the CPU demo
 sweep-demo: setup

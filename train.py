@@ -82,7 +82,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     """Run (or resume) training in `run_dir`; returns the process exit code (75: pre-empted, checkpoint saved)."""
     preemption = preemption or PreemptionFlag(signals=())
     ctx = init_distributed(cfg.device)
-    seed_everything(cfg.seed)  # the same on every rank: models start identical, data is split by rank
+    seed_everything(cfg.seed)  # the same on every rank while the models are built
     precision = Precision(cfg.train.precision, ctx.device)
 
     # Losses first: the perceptual network's weights are checked before any data or model work.
@@ -100,6 +100,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         tokenizer.to(memory_format=torch.channels_last)
         discriminator.to(memory_format=torch.channels_last)
     ema = ModelEMA(tokenizer, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
+    seed_everything(cfg.seed + ctx.rank)  # models are built identically; from here on each rank draws its own numbers
 
     betas = tuple(cfg.optim.betas)
     opt_g = torch.optim.Adam(tokenizer.parameters(), lr=cfg.optim.lr, betas=betas, weight_decay=cfg.optim.weight_decay)
