@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,4 +216,6 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path: Path) -> None:
     assert train_in_process(overrides + ["train.max_steps=2"], tmp_path) == 0
     assert (tmp_path / "wandb_run_id.txt").read_text().strip() == run_id
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(path.name.endswith(f"-{run_id}") for path in runs), runs
+    # W&B names offline runs offline-run-<time>-<id>, adding -1 when two start within the same second.
+    assert len(runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", path.name)
+                                  for path in runs), runs
