@@ -84,6 +84,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     ctx = init_distributed(cfg.device)
     seed_everything(cfg.seed)  # the same on every rank while the models are built
     precision = Precision(cfg.train.precision, ctx.device)
+    resolved_config = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and sent to W&B
 
     # Losses first: the perceptual network's weights are checked before any data or model work.
     criterion = TokenizerLoss(cfg.loss).to(ctx.device)
@@ -119,7 +120,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
             "discriminator": discriminator.state_dict(), "loss": criterion.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-            "data": batches.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+            "data": batches.state_dict(), "config": resolved_config,
         }
 
     def save_checkpoint(step: int) -> Path:
@@ -155,7 +156,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
 
     tracker = Tracker(run_dir, enabled=ctx.is_main,
                       logger_cfg=OmegaConf.merge(cfg.logger, wandb_run_names or {}),
-                      config=OmegaConf.to_container(cfg, resolve=True), max_steps=cfg.train.max_steps,
+                      config=resolved_config, max_steps=cfg.train.max_steps,
                       start_step=step)
     if resume_from is not None:
         tracker.info(f"resumed from {resume_from} at step {step}")

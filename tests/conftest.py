@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -37,3 +38,16 @@ def run_entry_point(args: list[str], cwd: Path = ROOT, env: dict | None = None, 
 @pytest.fixture
 def fast_overrides() -> list[str]:
     return list(FAST_OVERRIDES)
+
+
+class TinyFeatures(torch.nn.Module):
+    """A random-initialised stand-in for Inception (no download): `b 3 299 299` pixels in [0, 255] -> `b 8`."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        assert pixels.shape[-2:] == (299, 299)
+        return torch.relu(self.conv(pixels / 128 - 1)).mean(dim=(2, 3))

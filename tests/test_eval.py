@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import TinyFeatures
 from omegaconf import OmegaConf
 
 from openmagvit2 import weights
@@ -44,18 +45,6 @@ def image_batches(seed: int = 0, sizes: tuple[int, ...] = (4, 3, 5), size: int =
     return batches
 
 
-class TinyFeatures(torch.nn.Module):
-    """Random-initialised stand-in for Inception (no download): `b 3 299 299` in [0, 255] -> `b 8`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(123)
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(pixels / 128 - 1)).mean(dim=(2, 3))
-
-
 @functools.lru_cache(maxsize=1)
 def random_lpips() -> torch.nn.Module:
     """LPIPS-AlexNet with a random trunk (no download), built once: AlexNet's initialisation takes seconds."""
@@ -71,7 +60,7 @@ ALL_METRICS = ["rfid", "psnr", "ssim", "lpips_alex", "usage"]
 
 
 def run_all_metrics(tokenizer, batches):
-    return evaluate(tokenizer, batches, ALL_METRICS, "cpu", fid_mode="legacy_pytorch", fid_extractor=TinyFeatures(),
+    return evaluate(tokenizer, batches, ALL_METRICS, "cpu", fid_mode="legacy_pytorch", fid_extractor=TinyFeatures(seed=123),
                     fid_feature_dim=8, lpips_networks={"lpips_alex": random_lpips()})
 
 
@@ -87,7 +76,7 @@ def test_evaluate_equals_direct_computation_on_a_real_tiny_tokenizer():
     with torch.no_grad():
         output = tokenizer(images)
         reconstructions, indices = output.reconstruction.clamp(-1, 1), output.quantizer.indices
-        extractor = TinyFeatures()
+        extractor = TinyFeatures(seed=123)
         real = extractor(prepare_for_inception(images, "legacy_pytorch")).double().numpy()
         fake = extractor(prepare_for_inception(reconstructions, "legacy_pytorch")).double().numpy()
         lpips_mean = random_lpips()(reconstructions, images).mean().item()
@@ -120,10 +109,10 @@ class IdentityTokenizer(torch.nn.Module):
 
 def test_perfect_reconstructions_give_zero_fid_and_unit_ssim():
     metrics = ["rfid", "ssim", "psnr"]
-    brighter = evaluate(IdentityTokenizer(gain=1.5), image_batches(1), metrics, "cpu", fid_extractor=TinyFeatures(),
+    brighter = evaluate(IdentityTokenizer(gain=1.5), image_batches(1), metrics, "cpu", fid_extractor=TinyFeatures(seed=123),
                         fid_feature_dim=8)
     assert brighter["ssim"] < 0.99 and brighter["rfid"] > 1e-3  # x1.5 then clamped: not the originals
-    ones = evaluate(IdentityTokenizer(), image_batches(1), metrics, "cpu", fid_extractor=TinyFeatures(),
+    ones = evaluate(IdentityTokenizer(), image_batches(1), metrics, "cpu", fid_extractor=TinyFeatures(seed=123),
                     fid_feature_dim=8)
     assert abs(ones["rfid"]) < 1e-6
     assert ones["ssim"] == pytest.approx(1.0, abs=1e-12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TinyFeatures
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from openmagvit2.eval import required_weights, resolve_metrics
@@ -120,19 +121,6 @@ def test_streaming_feature_statistics_equal_numpy_mean_and_cov():
     mean, cov = stats.mean_and_covariance()
     np.testing.assert_allclose(mean, features.double().numpy().mean(0), rtol=1e-12)
     np.testing.assert_allclose(cov, np.cov(features.double().numpy(), rowvar=False), rtol=1e-10, atol=1e-12)
-
-
-class TinyFeatures(torch.nn.Module):
-    """A random-initialised stand-in for Inception: `b 3 299 299` pixels in [0, 255] -> `b 8` features."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        assert pixels.shape[-2:] == (299, 299)
-        return torch.relu(self.conv(pixels / 128 - 1)).mean(dim=(2, 3))
 
 
 @pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")  # clean-fid's call into scipy

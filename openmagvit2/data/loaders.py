@@ -13,7 +13,7 @@ continues with exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -239,7 +239,30 @@ def _collate_val(items: list[tuple[torch.Tensor | None, str]]) -> tuple[torch.Te
     return (torch.stack(images) if images else None), failures
 
 
-class MapStyleValLoader:
+class CountedValPass:
+    """One pass over `(uint8 images or None, failure messages)` batches: yields model-range floats, logs and counts
+    the corrupt images skipped. Shared by the folder/sample and the shard val loaders."""
+
+    name: str
+    _skipped = 0
+    _yielded = 0
+
+    def _counted(self, batches: Iterable[tuple[torch.Tensor | None, list[str]]]) -> Iterator[torch.Tensor]:
+        self._skipped = self._yielded = 0
+        for images, failures in batches:
+            for message in failures:
+                log.warning("data=%s: skipped a corrupt val image: %s", self.name, message)
+            self._skipped += len(failures)
+            if images is not None:
+                self._yielded += len(images)
+                yield to_model_range(images)
+
+    def stats(self) -> dict:
+        """``{"images": n yielded in the last pass, "skipped_corrupt": n skipped in it}`` for this rank."""
+        return {"images": self._yielded, "skipped_corrupt": self._skipped}
+
+
+class MapStyleValLoader(CountedValPass):
     """Iterates once over this rank's contiguous block of the fixed, ordered val subset (float ``b 3 h w``).
 
     Ranks get contiguous blocks (``np.array_split``), so across ranks every image is seen exactly once; the last
@@ -255,15 +278,11 @@ class MapStyleValLoader:
         subset = val_subset(len(source), max_images)
         self.indices = np.array_split(subset, world_size)[rank]
         self.num_images = len(self.indices)
-        self._skipped = 0
-        self._yielded = 0
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        self._skipped = 0
-        self._yielded = 0
         loader = DataLoader(
             _ValItems(self.source, self.indices),
             batch_size=self.batch_size,
@@ -271,14 +290,4 @@ class MapStyleValLoader:
             num_workers=self.num_workers,
             collate_fn=_collate_val,
         )
-        for images, failures in loader:
-            for message in failures:
-                log.warning("data=%s: skipped a corrupt val image: %s", self.name, message)
-            self._skipped += len(failures)
-            if images is not None:
-                self._yielded += len(images)
-                yield to_model_range(images)
-
-    def stats(self) -> dict:
-        """``{"images": n yielded in the last pass, "skipped_corrupt": n skipped in it}`` for this rank."""
-        return {"images": self._yielded, "skipped_corrupt": self._skipped}
+        yield from self._counted(loader)

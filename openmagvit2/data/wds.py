@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .decode import CorruptImageError, decode_image
-from .loaders import MAX_LOGGED_FAILURES
+from .loaders import MAX_LOGGED_FAILURES, CountedValPass
 from .shards import has_label, image_bytes, iter_shard, read_segments, sample_name, shuffle_buffer
 from .transforms import sample_rng, to_model_range, train_transform, val_transform
 
@@ -305,8 +305,10 @@ class _ValStream(IterableDataset):
             yield (torch.stack(images) if images else None), failures
 
 
-class WdsValLoader:
+class WdsValLoader(CountedValPass):
     """Iterates once over this rank's val shards (contiguous block of the ordered shard list); float ``b 3 h w``."""
+
+    name = "imagenet_wds"
 
     def __init__(self, urls: list[str], *, image_size: int, batch_size: int, rank: int, world_size: int,
                  num_workers: int, max_images: int | None):
@@ -322,24 +324,11 @@ class WdsValLoader:
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = min(num_workers, len(self.urls))
-        self._skipped = 0
-        self._images = 0
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        self._skipped = 0
-        self._images = 0
         if not self.urls:
+            self._skipped = self._yielded = 0
             return
         loader = DataLoader(_ValStream(self.urls, self.quotas, self.image_size, self.batch_size), batch_size=None,
                             num_workers=self.num_workers, collate_fn=_identity)
-        for images, failures in loader:
-            for message in failures:
-                log.warning("data=imagenet_wds: skipped a corrupt val sample: %s", message)
-            self._skipped += len(failures)
-            if images is not None:
-                self._images += len(images)
-                yield to_model_range(images)
-
-    def stats(self) -> dict:
-        """``{"images": n yielded in the last pass, "skipped_corrupt": n skipped in it}``."""
-        return {"images": self._images, "skipped_corrupt": self._skipped}
+        yield from self._counted(loader)
