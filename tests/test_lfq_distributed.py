@@ -1,5 +1,5 @@
-"""`entropy_across_ranks`: 2 gloo processes with DDP must match one process on the concatenated batch, values and
-gradients, including unequal per-rank batch sizes."""
+"""`entropy_across_ranks` with the trainer's differentiable all-reduce: 2 gloo processes with DDP must match one
+process on the concatenated batch, values and gradients, including unequal per-rank batch sizes."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from openmagvit2 import LFQ
+from openmagvit2.train.distributed import sum_across_ranks_with_grad
 
 WORLD_SIZE = 2
 BITS = 8
@@ -31,7 +32,10 @@ def make_inputs() -> tuple[torch.nn.Module, torch.Tensor]:
 def codebook_loss_and_grads(model: torch.nn.Module, images: torch.Tensor, across_ranks: bool
                             ) -> tuple[float, float, list[torch.Tensor]]:
     """Maximise the codebook entropy (the global term) once; return its value, the per-sample entropy, the grads."""
-    out = LFQ(BITS, entropy_across_ranks=across_ranks).train()(model(images))
+    lfq = LFQ(BITS, entropy_across_ranks=across_ranks).train()
+    if across_ranks and dist.is_initialized():
+        lfq.reduce_sum = sum_across_ranks_with_grad  # what the trainer passes in
+    out = lfq(model(images))
     (-out.codebook_entropy).backward()
     return out.codebook_entropy.item(), out.per_sample_entropy.item(), [p.grad.clone() for p in model.parameters()]
 

@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from openmagvit2.losses import TokenizerLoss, build_discriminator
+from openmagvit2.train.distributed import mean_across_ranks_no_grad
 
 CONFIG = {"perceptual_weight": 0.0, "gen_loss_weight": None, "disc_norm": "none", "disc_channels": 4,
           "disc_layers": 2, "lecam_decay": 0.9}
@@ -31,9 +32,9 @@ def global_batch():
     return images, latent, conv_out, discriminator
 
 
-def losses_on(images, latent, conv_out, discriminator):
+def losses_on(images, latent, conv_out, discriminator, reduce_mean=None):
     """Two steps of D then G losses; returns the LeCam EMAs and the adaptive G weight of the last step."""
-    loss = TokenizerLoss(CONFIG)
+    loss = TokenizerLoss(CONFIG, reduce_mean=reduce_mean)
     for step in range(2):
         reconstruction = conv_out(latent)
         loss.discriminator_loss(images, reconstruction, discriminator, step)
@@ -47,7 +48,8 @@ def worker(rank: int, world_size: int, store_path: str, results: str) -> None:
     try:
         images, latent, conv_out, discriminator = global_batch()
         part = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
-        torch.save(losses_on(images[part], latent[part], conv_out, discriminator), f"{results}/rank{rank}.pt")
+        torch.save(losses_on(images[part], latent[part], conv_out, discriminator, mean_across_ranks_no_grad),
+                   f"{results}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

@@ -200,8 +200,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
                                   "train.keep_last=0", "loss.disc_start=0"], tmp_path)
     log = (tmp_path / "train.log").read_text()
     assert exit_code == 1, log
-    assert "non-finite generator loss at step" in log
-    failed_at = int(log.split("non-finite generator loss at step ")[1].split()[0])
+    assert "non-finite loss at step" in log and "stopping before any update" in log
+    failed_at = int(log.split("non-finite loss at step ")[1].split()[0])
     saved = [load(path)["step"] for path in list_checkpoints(tmp_path)]
     assert saved and max(saved) == failed_at, (saved, failed_at)  # nothing written after the bad step
     assert not (tmp_path / "COMPLETED").exists()

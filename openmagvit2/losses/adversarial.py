@@ -1,8 +1,9 @@
 """GAN objectives of the recipe: hinge loss for D, non-saturating loss for G, and the VQGAN adaptive weight."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import reduce
 
@@ -28,19 +29,18 @@ def adopt_weight(step: int, start: int) -> float:
 
 
 def adaptive_generator_weight(nll_loss: torch.Tensor, gen_loss: torch.Tensor, last_layer: torch.Tensor,
-                              disc_weight: float) -> torch.Tensor:
+                              disc_weight: float,
+                              reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """VQGAN's balance ||grad nll|| / (||grad gen|| + 1e-4), clamped to [0, 1e4], times `disc_weight` (detached).
 
-    Gradients are taken w.r.t. `last_layer` (the decoder's `conv_out.weight`). When a process group is initialised
-    both gradients are averaged over ranks before the norms (a deliberate change from the reference, which uses the
+    Gradients are taken w.r.t. `last_layer` (the decoder's `conv_out.weight`). With `reduce_mean` (the trainer's
+    mean over ranks) both gradients are averaged over ranks before the norms (a deliberate change from the reference, which uses the
     per-rank gradients): every rank then applies the same weight, the one a single process would compute on the
     global batch, so multi-GPU runs match single-GPU ones.
     """
     (nll_grad,) = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)
     (gen_grad,) = torch.autograd.grad(gen_loss, last_layer, retain_graph=True)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        both = torch.stack([nll_grad, gen_grad])
-        dist.all_reduce(both)
-        nll_grad, gen_grad = both / dist.get_world_size()
+    if reduce_mean is not None:
+        nll_grad, gen_grad = reduce_mean(torch.stack([nll_grad, gen_grad]))
     weight = torch.linalg.vector_norm(nll_grad) / (torch.linalg.vector_norm(gen_grad) + 1e-4)
     return weight.clamp(0.0, 1e4).detach() * disc_weight

@@ -1,10 +1,13 @@
 """LeCam regularisation (Tseng et al., 2021) with the EMA state kept as buffers so that it is checkpointed."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+Reduction = Callable[[torch.Tensor], torch.Tensor]
 
 
 class LeCamEMA(nn.Module):
@@ -14,8 +17,9 @@ class LeCamEMA(nn.Module):
     they are persistent float32 buffers `ema_real` / `ema_fake`, initialised to 0 as in the reference.
     """
 
-    def __init__(self, decay: float = 0.999) -> None:
+    def __init__(self, decay: float = 0.999, reduce_mean: Reduction | None = None) -> None:
         super().__init__()
+        self.reduce_mean = reduce_mean
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"LeCam decay={decay!r} is invalid: expected a number in [0, 1), e.g. 0.999.")
         self.decay = decay
@@ -26,15 +30,14 @@ class LeCamEMA(nn.Module):
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
         """ema <- decay * ema + (1 - decay) * mean logit, for real and fake (`b 1 h w` logits).
 
-        Deliberate change from the reference: when a process group is initialised, the mean logits are averaged
-        over ranks first (one all-reduce of 2 numbers), so every rank holds the same EMA, the one a single process
-        would hold with the global batch; the state is then identical on every rank and safe to checkpoint from
-        rank 0. The reference updates a separate EMA per rank from its local batch.
+        Deliberate change from the reference: with `reduce_mean` (the trainer's mean over ranks) the mean logits
+        are averaged over ranks first (one all-reduce of 2 numbers), so every rank holds the same EMA, the one a
+        single process would hold with the global batch; the state is then identical on every rank and safe to
+        checkpoint from rank 0. The reference updates a separate EMA per rank from its local batch.
         """
         means = torch.stack([logits_real.detach().float().mean(), logits_fake.detach().float().mean()])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(means)
-            means = means / dist.get_world_size()
+        if self.reduce_mean is not None:
+            means = self.reduce_mean(means)
         means = means.to(self.ema_real.device)
         self.ema_real.mul_(self.decay).add_(means[0], alpha=1.0 - self.decay)
         self.ema_fake.mul_(self.decay).add_(means[1], alpha=1.0 - self.decay)

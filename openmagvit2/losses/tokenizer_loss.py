@@ -12,7 +12,7 @@ training checkpoints only carry the LeCam state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -39,18 +39,21 @@ class TokenizerLoss(nn.Module):
     """The recipe's losses; see the module docstring for the formulas and `LossConfig` for the keys.
 
     `perceptual` overrides the LPIPS network built from the config (e.g. `build_perceptual_loss(False)` in tests);
-    it is ignored, and no network is built, when `loss.perceptual_weight` is 0.
+    it is ignored, and no network is built, when `loss.perceptual_weight` is 0. `reduce_mean` is the trainer's
+    mean over ranks (None in one process): the LeCam EMA and the adaptive weight then use the global batch.
     """
 
-    def __init__(self, loss_cfg: Mapping[str, Any] | Any = None, perceptual: nn.Module | None = None) -> None:
+    def __init__(self, loss_cfg: Mapping[str, Any] | Any = None, perceptual: nn.Module | None = None,
+                 reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
+        self.reduce_mean = reduce_mean
         self.config = loss_cfg if isinstance(loss_cfg, LossConfig) else LossConfig.from_config(loss_cfg)
         if self.config.perceptual_weight > 0:
             network = perceptual if perceptual is not None else build_perceptual_loss()
             self.perceptual_loss: nn.Module | None = freeze(network)
         else:
             self.perceptual_loss = None
-        self.lecam = LeCamEMA(self.config.lecam_decay)
+        self.lecam = LeCamEMA(self.config.lecam_decay, reduce_mean)
         self.register_state_dict_post_hook(_drop_perceptual_keys)
         self.register_load_state_dict_pre_hook(_fill_perceptual_keys)
 
@@ -117,7 +120,7 @@ class TokenizerLoss(nn.Module):
         if last_layer is None:
             raise ValueError("loss.gen_loss_weight=null (adaptive weight) needs last_layer: pass the decoder's "
                              "conv_out.weight to generator_loss, or set loss.gen_loss_weight to a number.")
-        return adaptive_generator_weight(nll, gen, last_layer, self.config.disc_weight)
+        return adaptive_generator_weight(nll, gen, last_layer, self.config.disc_weight, self.reduce_mean)
 
     def discriminator_loss(self, images: torch.Tensor, reconstruction: torch.Tensor, discriminator: nn.Module,
                            step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

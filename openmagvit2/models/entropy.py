@@ -17,8 +17,9 @@ Both are the same numbers as the dense formula (to rounding), and autograd gives
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.distributed as dist
 from einops import rearrange
 
 # The joint table has 2^K entries; past 2^28 (1 GiB per fp32 copy, several copies with autograd) it stops fitting.
@@ -76,55 +77,31 @@ def half_code_distributions(z: torch.Tensor, temperature: float, signs_a: torch.
     return prob_a, prob_b
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward also sums over ranks.
-
-    Every rank computes the same loss from the global sum, so each holds the same upstream gradient; summing it gives
-    world_size x the local gradient, which DDP's averaging turns back into the gradient of the global loss. The result
-    equals training on the concatenated batch in one process.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
-
-
-def distributed_world() -> bool:
-    """True when a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def codebook_entropy(prob_a: torch.Tensor, prob_b: torch.Tensor, eps: float, across_ranks: bool = False
-                     ) -> torch.Tensor:
+def codebook_entropy(prob_a: torch.Tensor, prob_b: torch.Tensor, eps: float,
+                     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """-sum_c pbar_c log(pbar_c + eps) with pbar = PA^T PB / N (the reference's `log(p + eps)` form).
 
-    prob_a: `n 2^ka`, prob_b: `n 2^kb`. With `across_ranks` and a process group running, the unnormalised joint table
-    and the token count are summed over ranks first, so pbar is the mean over the global batch (weighted by each
-    rank's token count). Returns a scalar (nats).
+    prob_a: `n 2^ka`, prob_b: `n 2^kb`. With `reduce_sum` (a differentiable sum over ranks, passed in by the
+    trainer) the unnormalised joint table and the token count are summed over ranks first, so pbar is the mean over
+    the global batch (weighted by each rank's token count). Returns a scalar (nats).
     """
     joint = prob_a.T @ prob_b  # `2^ka 2^kb`, sum over tokens of p_n(a, b)
     count = torch.tensor(float(prob_a.shape[0]), dtype=joint.dtype, device=joint.device)
-    if across_ranks and distributed_world():
-        joint = _AllReduceSum.apply(joint)
-        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    if reduce_sum is not None:
+        joint, count = reduce_sum(joint), reduce_sum(count)
     mean_prob = joint / count
     return -(mean_prob * torch.log(mean_prob + eps)).sum()
 
 
 def entropy_terms(z: torch.Tensor, temperature: float, eps: float, signs_a: torch.Tensor, signs_b: torch.Tensor,
-                  across_ranks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-sample entropy, codebook entropy) of tokens `n k`, exact and factorised. Same dtype as z."""
+                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample entropy, codebook entropy) of tokens `n k`, exact and factorised. Same dtype as z.
+
+    `reduce_sum`: see `codebook_entropy` (the per-sample term is a mean over local tokens either way)."""
     per_sample = per_sample_entropy(4.0 * z / temperature)
     prob_a, prob_b = half_code_distributions(z, temperature, signs_a.to(z.dtype), signs_b.to(z.dtype))
-    return per_sample, codebook_entropy(prob_a, prob_b, eps, across_ranks)
+    return per_sample, codebook_entropy(prob_a, prob_b, eps, reduce_sum)
 
 
 def tokens_last(z: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ codebook {-1, 1}^K is implicit (no parameters, no persistent buffers, so checkpo
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +41,14 @@ class LFQ(nn.Module):
         entropy_eps: eps in the codebook entropy -sum pbar log(pbar + eps).
         sample_minimization_weight: weight of the per-sample entropy (minimised).
         batch_maximization_weight: weight of the codebook entropy (maximised).
-        entropy_across_ranks: average pbar over all ranks of the running process group (the MAGVIT-2 paper's batch)
-            instead of the local batch (the released recipe).
+        entropy_across_ranks: average pbar over all ranks (the MAGVIT-2 paper's batch) instead of the local batch
+            (the released recipe). The quantizer knows nothing of ranks: the trainer sets `reduce_sum` to its
+            differentiable all-reduce when this is on; without one (a single process) the local batch is the
+            global batch.
     """
+
+    # A differentiable sum over ranks, set by the trainer when entropy_across_ranks is on (None: local batch).
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, codebook_bits: int = 18, bit_order: BitOrder = "lsb_first", entropy_temperature: float = 0.01,
                  entropy_eps: float = 1e-5, sample_minimization_weight: float = 1.0,
@@ -132,7 +137,7 @@ class LFQ(nn.Module):
                                  zero.to(compute_dtype), commitment)
             per_sample, codebook = entropy_terms(
                 tokens_last(z_full), self.entropy_temperature, self.entropy_eps, self.signs_low, self.signs_high,
-                across_ranks=self.entropy_across_ranks)
+                reduce_sum=self.reduce_sum if self.entropy_across_ranks else None)
             entropy_loss = self.sample_minimization_weight * per_sample - self.batch_maximization_weight * codebook
         return LFQOutput(quantized, indices, entropy_loss, per_sample, codebook, commitment)
 

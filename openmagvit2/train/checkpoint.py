@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 FORMAT = "openmagvit2"
-VERSION = 1
+VERSION = 2  # 2: per-rank data states, the EMA counter under "ema", the W&B run id
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 

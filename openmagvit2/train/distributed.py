@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -88,24 +89,84 @@ def shutdown_distributed() -> None:
 
 
 def any_rank(flag: bool, ctx: DistributedContext) -> bool:
-    """True on every rank when `flag` is true on at least one (used for stop and NaN decisions)."""
-    if not ctx.is_distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    """True on every rank when `flag` is true on at least one (one all-reduce and one host sync)."""
+    return flags_across_ranks([flag], ctx)[0]
 
 
-def mean_across_ranks(values: dict[str, torch.Tensor], ctx: DistributedContext) -> dict[str, float]:
-    """Average a dict of scalar tensors over ranks with one all-reduce; returns Python floats for logging."""
+def flags_across_ranks(flags: list[bool | torch.Tensor], ctx: DistributedContext) -> list[bool]:
+    """Each flag OR-ed over ranks, in one all-reduce and one host sync (the loop's stop decisions share it).
+
+    A flag may be a 0-dim bool tensor on the device (e.g. "the loss is not finite"): it is then read without a
+    separate sync of its own.
+    """
+    values = torch.stack([torch.as_tensor(flag, device=ctx.device).reshape(()).float() for flag in flags])
+    if ctx.is_distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [value > 0 for value in values.tolist()]
+
+
+def mean_across_ranks(values: dict[str, torch.Tensor | float], ctx: DistributedContext) -> dict[str, float]:
+    """Average a dict of scalars over ranks with one all-reduce; returns Python floats for logging.
+
+    Each value is moved to the context's device first: `torch.stack` (unlike element-wise ops) refuses a CPU
+    scalar beside CUDA tensors.
+    """
     if not values:
         return {}
     names = sorted(values)
-    stacked = torch.stack([values[name].detach().float().reshape(()) for name in names]).to(ctx.device)
+    stacked = torch.stack([torch.as_tensor(values[name]).detach().to(ctx.device, torch.float32).reshape(())
+                           for name in names])
     if ctx.is_distributed:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         stacked /= ctx.world_size
     return dict(zip(names, stacked.tolist()))
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """Sum over ranks whose backward also sums over ranks.
+
+    Every rank computes the same loss from the global sum, so each holds the same upstream gradient; summing it gives
+    world_size x the local gradient, which DDP's averaging turns back into the gradient of the global loss. The result
+    equals training on the concatenated batch in one process.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+def sum_across_ranks_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-reduce sum (for LFQ's codebook entropy over the global batch)."""
+    return _AllReduceSumWithGrad.apply(tensor)
+
+
+def mean_across_ranks_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-reduce mean of a detached tensor (LeCam EMA, the adaptive weight's gradients)."""
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
+
+
+Reduction = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cross_rank_reductions(ctx: DistributedContext) -> tuple[Reduction | None, Reduction | None]:
+    """(differentiable sum, detached mean) over ranks for the models and losses, or (None, None) in one process.
+
+    Models and losses never import torch.distributed: the trainer passes these in (`LFQ.reduce_sum`,
+    `TokenizerLoss(reduce_mean=...)`), so they stay plain modules that a single process or a test can run.
+    """
+    if not ctx.is_distributed:
+        return None, None
+    return sum_across_ranks_with_grad, mean_across_ranks_no_grad
 
 
 def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:

@@ -27,14 +27,15 @@ class ModelEMA:
         decay = self.current_decay()
         shadow = [p for p in self.module.parameters()]
         live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(shadow, live, 1.0 - decay)
+        torch._foreach_lerp_(shadow, live, 1.0 - decay)  # private but stable: one fused kernel for all tensors
         for shadow_buffer, buffer in zip(self.module.buffers(), model.buffers()):
             shadow_buffer.copy_(buffer)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
+        """The warm-up counter; the shadow weights are `self.module`, checkpointed as a model of their own
+        (`generator_ema`, the key `Tokenizer.from_checkpoint` reads)."""
+        return {"num_updates": self.num_updates, "decay": self.decay}
 
     def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])

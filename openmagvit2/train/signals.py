@@ -1,7 +1,9 @@
-"""Pre-emption: SLURM sends SIGUSR1 (asked for with --signal) or SIGTERM before it kills a job.
+"""Pre-emption and interruption: stop at the next step boundary with a checkpoint, never mid-step.
 
-The handler only sets a flag; the loop checks it at a step boundary, where all ranks agree to stop, checkpoint and
-exit with `REQUEUE_EXIT_CODE`, so that a half-finished optimiser step is never saved.
+SLURM sends SIGUSR1 (asked for with `--signal`) or SIGTERM before it kills a job; submitit sends SIGUSR2; a user
+presses Ctrl-C (SIGINT). Each handler only sets a flag; the loop checks it at a step boundary, where all ranks agree
+to stop, checkpoint and exit with `REQUEUE_EXIT_CODE`, so that a half-finished optimiser step is never saved. A
+second Ctrl-C means "now": it raises KeyboardInterrupt as Python's default handler would.
 """
 from __future__ import annotations
 
@@ -10,17 +12,23 @@ from types import FrameType
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, try again": a checkpoint was saved, requeue the job.
 REQUEUE_EXIT_CODE = 75
+CHECKPOINT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionFlag:
-    """Remembers whether SIGUSR1/SIGTERM arrived; installs and restores the handlers."""
+    """Remembers whether a checkpoint-and-stop signal arrived; installs and restores the handlers."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
+    def __init__(self, signals: tuple[int, ...] = CHECKPOINT_SIGNALS) -> None:
         self.signals = signals
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without the checkpoint
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to stop at once)",
+                  flush=True)
         self.received = signum
 
     def __enter__(self) -> "PreemptionFlag":

@@ -42,10 +42,12 @@ class Tracker:
     """Rank 0's sink for scalars, images and messages; a silent no-op on other ranks."""
 
     def __init__(self, run_dir: Path, enabled: bool, logger_cfg: Any = None, config: dict | None = None,
-                 max_steps: int = 0, start_step: int = 0) -> None:
+                 max_steps: int = 0, start_step: int = 0, run_id: str | None = None) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
+        self.max_steps = max_steps
         self.wandb_run = None
+        self.run_id = run_id
         self._progress: Progress | None = None
         self._task = None
         if not enabled:
@@ -69,9 +71,11 @@ class Tracker:
             return
         import wandb  # imported lazily: it is slow to import and not needed with logger.mode=disabled
 
+        # The run dir's id file first, then the id stored in the checkpoint being resumed, else a new run.
         id_file = self.run_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        run_id = id_file.read_text().strip() if id_file.exists() else (self.run_id or uuid.uuid4().hex[:8])
         id_file.write_text(run_id)
+        self.run_id = run_id
         self.wandb_run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
             name=logger_cfg.name or self.run_dir.name, tags=list(logger_cfg.tags or []), config=config,
@@ -91,10 +95,10 @@ class Tracker:
         else:
             print(stamped, flush=True)
 
-    def log_scalars(self, step: int, metrics: dict[str, float], max_steps: int) -> None:
+    def log_scalars(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        line = f"step {step}/{max_steps} {format_metrics(metrics)}"
+        line = f"step {step}/{self.max_steps} {format_metrics(metrics)}"
         self._log_file.write(line + "\n")
         if self._progress is not None:
             short = " ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in ("loss/g_total", "psnr", "img_per_s")
