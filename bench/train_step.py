@@ -4,10 +4,10 @@
     python bench/train_step.py --compile                # + torch.compile of the generator (~1.5 min more to compile)
     python bench/train_step.py --device cuda --threads 8
 
-One step = generator forward, `TokenizerLoss.generator_loss` with the discriminator frozen, backward, Adam step
-(train.py's `clip_and_step`); then `discriminator_loss` on the detached reconstruction, backward, Adam step; then the
-EMA update. The models, losses, precision policy, EMA and optimisers are the real ones, built from the Hydra configs in
-conf/ (`experiment=demo`, `loss.perceptual_weight=0`, so no pretrained weights are needed), and each variant is a
+One step = train.py's own step (`openmagvit2.train.step.training_step`): generator forward and
+`TokenizerLoss.generator_loss` with the discriminator frozen, `discriminator_loss` on the detached reconstruction,
+the finite check, then both backward passes and Adam steps, then the EMA update. The models, losses, precision
+policy, EMA and optimisers are the real ones, built from the Hydra configs in conf/ (`experiment=demo`, `loss.perceptual_weight=0`, so no pretrained weights are needed), and each variant is a
 config override of that recipe (`train.channels_last`, `train.precision`, `train.compile`). The step index is
 `loss.disc_start`, i.e. the adversarial phase (both GAN terms on). The data is one fixed batch from the config's
 train loader (data loading is not timed).
@@ -51,9 +51,9 @@ from openmagvit2.data import build_train_loader  # noqa: E402
 from openmagvit2.losses import TokenizerLoss, build_discriminator  # noqa: E402
 from openmagvit2.models import Tokenizer  # noqa: E402
 from openmagvit2.models.entropy import codebook_signs, entropy_terms  # noqa: E402
-from openmagvit2.train.ema import ModelEMA  # noqa: E402
 from openmagvit2.train.precision import Precision  # noqa: E402
-from train import clip_and_step, seed_everything  # noqa: E402
+from openmagvit2.train.step import build_gan_training, training_step  # noqa: E402
+from train import seed_everything  # noqa: E402
 
 BASE_OVERRIDES = ["experiment=demo", "model=tiny", "loss.perceptual_weight=0"]
 DENSE_COPIES = 6  # live N x 2^K fp32 tensors at the dense formula's peak (measured in bench/lfq.py)
@@ -65,14 +65,14 @@ _CODEBOOKS: dict[tuple, torch.Tensor] = {}
 
 
 def dense_entropy_terms(z: torch.Tensor, temperature: float, eps: float, signs_a: torch.Tensor,
-                        signs_b: torch.Tensor, across_ranks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        signs_b: torch.Tensor, reduce_sum: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-sample entropy, codebook entropy) of tokens `n k` by the Open-MAGVIT2 formula (`LFQ.entropy_loss`).
 
     Dense `n 2^K` logits 2 <z, c> over the whole codebook, p = softmax(logits / T), per-sample entropy
     -sum p log_softmax(logits / T + eps) averaged over tokens, pbar = mean_n p, codebook entropy
     -sum pbar log(pbar + eps). Same signature and numbers (to rounding) as `entropy_terms`; local batch only.
     """
-    if across_ranks:
+    if reduce_sum is not None:
         raise NotImplementedError("the dense reference benchmark computes the entropy over the local batch only")
     bits = signs_a.shape[1] + signs_b.shape[1]
     key = (bits, z.dtype, z.device)
@@ -113,11 +113,11 @@ class EntropyTimer:
     def reset(self) -> None:
         self.seconds = 0.0
 
-    def __call__(self, z, temperature, eps, signs_a, signs_b, across_ranks=False):
+    def __call__(self, z, temperature, eps, signs_a, signs_b, reduce_sum=None):
         self.sync()
         start = time.perf_counter()
         z = _BackwardEnd.apply(z, self)
-        per_sample, codebook = self.fn(z, temperature, eps, signs_a, signs_b, across_ranks=across_ranks)
+        per_sample, codebook = self.fn(z, temperature, eps, signs_a, signs_b, reduce_sum=reduce_sum)
         per_sample, codebook = _BackwardStart.apply(per_sample, codebook, self)
         self.sync()
         self.seconds += time.perf_counter() - start
@@ -167,57 +167,23 @@ def quantizer_entropy(fn: Callable) -> Iterator[None]:
         quantizer_module.entropy_terms = original
 
 
-# --- one training step, as train.py does it --------------------------------------------------------------------------
+# --- one training step: train.py's own (openmagvit2/train/step.py), not a copy -------------------------------------
 
 class TrainingStep:
-    """The models, losses, optimisers and EMA of train.py for one config, and its per-batch step."""
+    """The models, losses, optimisers and EMA that train.py builds for one config, and the shared step."""
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
         seed_everything(cfg.seed)  # every variant starts from the same weights
-        self.precision = Precision(cfg.train.precision, device)
-        self.criterion = TokenizerLoss(cfg.loss).to(device)
+        criterion = TokenizerLoss(cfg.loss).to(device)
         self.tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(device)
-        self.discriminator = build_discriminator(cfg.loss).to(device)
-        if cfg.train.channels_last:
-            self.tokenizer.to(memory_format=torch.channels_last)
-            self.discriminator.to(memory_format=torch.channels_last)
-        self.ema = ModelEMA(self.tokenizer, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
-        betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(self.tokenizer.parameters(), lr=cfg.optim.lr, betas=betas,
-                                      weight_decay=cfg.optim.weight_decay)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.optim.disc_lr, betas=betas,
-                                      weight_decay=cfg.optim.weight_decay)
-        self.scaler_g, self.scaler_d = self.precision.make_scaler(), self.precision.make_scaler()
-        self.generator = torch.compile(self.tokenizer) if cfg.train.compile else self.tokenizer
-        self.last_layer = self.tokenizer.decoder.conv_out.weight
+        discriminator = build_discriminator(cfg.loss).to(device)
+        self.gan = build_gan_training(cfg, self.tokenizer, discriminator, criterion,
+                                      Precision(cfg.train.precision, device), distributed=False)
         self.step_index = int(cfg.loss.disc_start)  # the adversarial phase: both GAN terms are on
 
     def __call__(self, images: torch.Tensor) -> None:
-        cfg = self.cfg
-        if cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        self.discriminator.requires_grad_(False)
-        with self.precision.autocast():
-            output = self.generator(images)
-            g_loss, _ = self.criterion.generator_loss(images, output.reconstruction, output.quantizer,
-                                                      self.discriminator, self.step_index, last_layer=self.last_layer)
-        if not bool(torch.isfinite(g_loss)):
-            raise RuntimeError(f"non-finite generator loss in the benchmark ({cfg.train.precision})")
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler_g.scale(g_loss).backward()
-        clip_and_step(self.opt_g, self.scaler_g, self.tokenizer.parameters(), cfg.train.grad_clip)
-
-        self.discriminator.requires_grad_(True)
-        if self.step_index >= cfg.loss.disc_start:
-            with self.precision.autocast():
-                d_loss, _ = self.criterion.discriminator_loss(images, output.reconstruction.detach(),
-                                                              self.discriminator, self.step_index)
-            self.opt_d.zero_grad(set_to_none=True)
-            self.scaler_d.scale(d_loss).backward()
-            clip_and_step(self.opt_d, self.scaler_d, self.discriminator.parameters(), cfg.train.grad_clip)
-        if self.ema:
-            self.ema.update(self.tokenizer)
+        training_step(self.gan, images, self.step_index)
 
 
 class Row:
