@@ -55,6 +55,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, MissingWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         exit_code = 2
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one asks for a checkpoint at the next step boundary
+        print("interrupted: stopped without saving (one Ctrl-C saves a checkpoint first)", file=sys.stderr)
+        exit_code = 130
     if exit_code:
         sys.exit(exit_code)
 

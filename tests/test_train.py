@@ -83,7 +83,8 @@ def _start_training(run_dir: Path, max_steps: int) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT],
+                         ids=["SIGTERM", "SIGUSR1", "SIGUSR2-submitit", "SIGINT-ctrl-c"])
 def test_preemption_signal_checkpoints_and_next_start_resumes(tmp_path: Path, signum: int) -> None:
     process = _start_training(tmp_path, max_steps=100000)
     lines = []
@@ -107,6 +108,25 @@ def test_preemption_signal_checkpoints_and_next_start_resumes(tmp_path: Path, si
     assert f"resumed from {saved} at step {saved_step}" in result.stdout
     assert f"step {saved_step + 1}/{saved_step + 2}" in result.stdout
     assert load(latest_checkpoint(tmp_path))["step"] == saved_step + 2
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path) -> None:
+    process = _start_training(tmp_path, max_steps=100000)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("step 2/"):
+            break
+    process.send_signal(signal.SIGINT)
+    for line in process.stdout:  # the first Ctrl-C is acknowledged...
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    process.send_signal(signal.SIGINT)  # ...and a second one, before the step ends or not, stops the run now
+    output, _ = process.communicate(timeout=120)
+    log = "".join(lines) + output
+    assert process.returncode in (130, REQUEUE_EXIT_CODE), log  # 75 if the step boundary came first
+    assert "Traceback" not in log, log
 
 
 def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path: Path) -> None:
@@ -219,3 +239,24 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path: Path) -> None:
     # W&B names offline runs offline-run-<time>-<id>, adding -1 when two start within the same second.
     assert len(runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", path.name)
                                   for path in runs), runs
+
+
+def test_an_exception_mid_run_still_finishes_wandb_and_closes_the_log(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    import train as train_module
+
+    calls = {"n": 0}
+    real_apply = train_module.apply_updates
+
+    def failing_apply(gan, losses):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated CUDA error")
+        return real_apply(gan, losses)
+
+    monkeypatch.setattr(train_module, "apply_updates", failing_apply)
+    with pytest.raises(RuntimeError, match="simulated CUDA error"):
+        train_in_process(["logger.mode=offline", "train.max_steps=5"], tmp_path)
+    assert wandb.run is None  # finished in the finally block, not left running
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
