@@ -35,6 +35,7 @@ from openmagvit2.train.distributed import (barrier, cross_rank_reductions, flags
 from openmagvit2.train.evaluation import TrainingEvaluator, batch_usage, count_parameters
 from openmagvit2.train.init_from import initialise_from_checkpoint
 from openmagvit2.train.precision import Precision
+from openmagvit2.train.resume import check_resume
 from openmagvit2.train.schedule import lr_multiplier
 from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from openmagvit2.train.state import TrainState
@@ -86,6 +87,10 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     ctx = init_distributed(cfg.device)
     tracker: Tracker | None = None
     try:  # whatever happens, W&B is finished and the process group destroyed (the `finally` below)
+        # A checkpoint to resume is read first: its config is compared with this one before anything is built.
+        resume_from = resolve_resume(cfg.train.resume, run_dir)
+        saved = checkpoint.load(resume_from) if resume_from is not None else None
+        resume_warnings = check_resume(cfg, saved["config"], saved["step"], resume_from) if saved else []
         seed_everything(cfg.seed)  # the same on every rank while the models are built
         precision = Precision(cfg.train.precision, ctx.device)
         resolved_config = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and sent to W&B
@@ -97,7 +102,6 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
         tokenizer.quantizer.reduce_sum = sum_over_ranks
         discriminator = build_discriminator(cfg.loss).to(ctx.device)
-        resume_from = resolve_resume(cfg.train.resume, run_dir)
         initialised_from = None
         if cfg.train.init_from and resume_from is None:  # fine-tuning; a resumed run already holds those weights
             initialised_from = initialise_from_checkpoint(cfg.train.init_from, tokenizer, discriminator,
@@ -107,14 +111,17 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
 
         state = TrainState(run_dir, ctx, config=resolved_config, extra={"tokenizer_hparams": tokenizer.hparams},
                            shared=gan.checkpointed(), per_rank={"data": batches})
-        if resume_from is not None:
-            state.restore(checkpoint.load(resume_from))
+        if saved is not None:
+            state.restore(saved)
+            del saved
         tracker = Tracker(run_dir, enabled=ctx.is_main,
                           logger_cfg=OmegaConf.merge(cfg.logger, wandb_run_names or {}), config=resolved_config,
                           max_steps=cfg.train.max_steps, start_step=state.step, run_id=state.wandb_id)
         state.wandb_id = tracker.run_id
         tracker.info(f"resumed from {resume_from} at step {state.step}" if resume_from is not None else
                      f"starting at step 0 in {run_dir} on {ctx.world_size} process(es), device {ctx.device}")
+        for message in resume_warnings:
+            tracker.info(f"warning: {message}")
         if initialised_from:
             tracker.info(f"initialised {initialised_from}")
         tracker.info(f"generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, discriminator "
