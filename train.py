@@ -12,6 +12,7 @@ with code 75 so that the launcher requeues the job; the requeued job resumes her
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -26,24 +27,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2.config import ConfigError, validate_config
 from openmagvit2.data import build_train_loader
-from openmagvit2.eval import save_reconstruction_grid
-from openmagvit2.losses import TokenizerLoss, build_discriminator
-from openmagvit2.models import Tokenizer
 from openmagvit2.train import checkpoint
-from openmagvit2.train.distributed import (barrier, cross_rank_reductions, flags_across_ranks, init_distributed,
-                                           mean_across_ranks, shutdown_distributed)
-from openmagvit2.train.evaluation import TrainingEvaluator, batch_usage, count_parameters
-from openmagvit2.train.init_from import initialise_from_checkpoint
-from openmagvit2.train.precision import Precision
+from openmagvit2.train.distributed import (barrier, flags_across_ranks, init_distributed, mean_across_ranks,
+                                           shutdown_distributed)
 from openmagvit2.train.resume import check_resume
 from openmagvit2.train.schedule import lr_multiplier
 from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from openmagvit2.train.state import TrainState
-from openmagvit2.train.step import apply_updates, build_gan_training, compute_losses, format_logs, set_learning_rates
+from openmagvit2.train.step import format_logs, set_learning_rates
+from openmagvit2.train.tasks import build_task
 from openmagvit2.train.tracking import Tracker, write_json
 from openmagvit2.weights import MissingWeightsError
 
 COMPLETED_MARKER = "COMPLETED"
+EVAL_HISTORY = "eval_history.jsonl"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -91,61 +88,50 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         resume_from = resolve_resume(cfg.train.resume, run_dir)
         saved = checkpoint.load(resume_from) if resume_from is not None else None
         resume_warnings = check_resume(cfg, saved["config"], saved["step"], resume_from) if saved else []
-        seed_everything(cfg.seed)  # the same on every rank while the models are built
-        precision = Precision(cfg.train.precision, ctx.device)
         resolved_config = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and sent to W&B
-        sum_over_ranks, mean_over_ranks = cross_rank_reductions(ctx)
 
-        # Losses first: the perceptual network's weights are checked before any data or model work.
-        criterion = TokenizerLoss(cfg.loss, reduce_mean=mean_over_ranks).to(ctx.device)
+        seed_everything(cfg.seed)  # the same on every rank while the models are built
+        task = build_task(cfg, ctx, fine_tune=saved is None)
         batches = build_train_loader(cfg.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed)
-        tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
-        tokenizer.quantizer.reduce_sum = sum_over_ranks
-        discriminator = build_discriminator(cfg.loss).to(ctx.device)
-        initialised_from = None
-        if cfg.train.init_from and resume_from is None:  # fine-tuning; a resumed run already holds those weights
-            initialised_from = initialise_from_checkpoint(cfg.train.init_from, tokenizer, discriminator,
-                                                          use_ema=cfg.train.init_use_ema)
-        gan = build_gan_training(cfg, tokenizer, discriminator, criterion, precision, ctx.is_distributed)
         seed_everything(cfg.seed + ctx.rank)  # models are built identically; from here on each rank draws its own
-
-        state = TrainState(run_dir, ctx, config=resolved_config, extra={"tokenizer_hparams": tokenizer.hparams},
-                           shared=gan.checkpointed(), per_rank={"data": batches})
+        state = TrainState(run_dir, ctx, config=resolved_config, extra=task.extra_state(),
+                           shared=task.checkpointed(), per_rank={"data": batches})
         if saved is not None:
             state.restore(saved)
             del saved
-        tracker = Tracker(run_dir, enabled=ctx.is_main,
-                          logger_cfg=OmegaConf.merge(cfg.logger, wandb_run_names or {}), config=resolved_config,
-                          max_steps=cfg.train.max_steps, start_step=state.step, run_id=state.wandb_id)
+        tracker = Tracker(run_dir, enabled=ctx.is_main, config=resolved_config, max_steps=cfg.train.max_steps,
+                          logger_cfg=OmegaConf.merge(cfg.logger, wandb_run_names or {}), start_step=state.step,
+                          run_id=state.wandb_id)
         state.wandb_id = tracker.run_id
         tracker.info(f"resumed from {resume_from} at step {state.step}" if resume_from is not None else
                      f"starting at step 0 in {run_dir} on {ctx.world_size} process(es), device {ctx.device}")
-        for message in resume_warnings:
-            tracker.info(f"warning: {message}")
-        if initialised_from:
-            tracker.info(f"initialised {initialised_from}")
-        tracker.info(f"generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, discriminator "
-                     f"{count_parameters(discriminator) / 1e6:.2f}M; global batch "
-                     f"{cfg.train.batch_size * ctx.world_size}; precision {cfg.train.precision}")
-        evaluate = TrainingEvaluator(cfg.data, cfg.train.batch_size, cfg.train.eval_images, ctx, tracker, run_dir,
-                                     criterion.perceptual_loss)
-        eval_model = gan.ema.module if gan.ema else tokenizer
+        for line in [*(f"warning: {message}" for message in resume_warnings), *task.notes,
+                     f"global batch {cfg.train.batch_size * ctx.world_size}; precision {cfg.train.precision}"]:
+            tracker.info(line)
+
+        def evaluate(step: int) -> dict[str, float]:
+            results = task.evaluate()  # collective: every rank evaluates its share
+            tracker.log_scalars(step, results)
+            if ctx.is_main:
+                with open(run_dir / EVAL_HISTORY, "a") as history:
+                    history.write(json.dumps({"step": step, **results}) + "\n")
+            return results
+
         step, exit_code = state.step, 0
         if step == 0 and cfg.train.eval_every > 0:
-            evaluate(eval_model, 0)  # the starting point, so that learning is visible
+            evaluate(0)  # the starting point, so that learning is visible
         lr_at = lr_multiplier(cfg.optim.schedule, cfg.train.max_steps, cfg.optim.warmup_steps,
                               cfg.optim.min_lr_ratio, cfg.optim.drop_steps, cfg.optim.drop_rate)
-        codebook_size = tokenizer.quantizer.codebook_size
         torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
-        window_start, window_images = time.perf_counter(), 0
+        window_start, window_samples = time.perf_counter(), 0
         data_iterator = iter(batches)
 
         while step < cfg.train.max_steps:
-            images = next(data_iterator).to(ctx.device, non_blocking=True)
-            set_learning_rates(gan.optimizers, (cfg.optim.lr, cfg.optim.disc_lr), lr_at(step))
+            batch = task.to_device(next(data_iterator))
+            set_learning_rates(task.optimizers, task.base_lrs, lr_at(step))
 
-            # Both losses, then ONE all-reduce for both stop reasons: the step's only host sync.
-            losses = compute_losses(gan, images, step)
+            # The losses, then ONE all-reduce for both stop reasons: the step's only host sync.
+            losses = task.compute_losses(batch, step)
             non_finite, preempted = flags_across_ranks([losses.non_finite(), preemption.requested], ctx)
             if non_finite:
                 tracker.info(f"non-finite loss at step {step} ({format_logs(losses.logs)}); stopping before any "
@@ -153,30 +139,26 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
                              "train.precision=fp32 or bf16, a lower optim.lr, or train.grad_clip=1.0.")
                 exit_code = 1
                 break
-            grad_norms = apply_updates(gan, losses)
-            step += 1
-            state.step = step
-            window_images += images.shape[0] * ctx.world_size
+            grad_norms = task.apply_updates(losses)
+            step = state.step = step + 1
+            window_samples += cfg.train.batch_size * ctx.world_size
             tracker.advance(step)
 
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 elapsed = time.perf_counter() - window_start
-                logs = mean_across_ranks({**losses.logs, **grad_norms, "codebook/batch_usage": batch_usage(
-                    losses.output.quantizer.indices, codebook_size)}, ctx)
-                logs.update({"lr": gan.opt_g.param_groups[0]["lr"], "img_per_s": window_images / elapsed,
-                             "steps_per_s": window_images / elapsed / (cfg.train.batch_size * ctx.world_size),
+                logs = mean_across_ranks({**task.step_logs(losses), **grad_norms}, ctx)
+                logs.update({"lr": task.optimizers[0].param_groups[0]["lr"], "img_per_s": window_samples / elapsed,
+                             "steps_per_s": window_samples / elapsed / (cfg.train.batch_size * ctx.world_size),
                              **{f"data/{k}": float(v) for k, v in batches.stats().items()}})
                 tracker.log_scalars(step, logs)
-                window_start, window_images = time.perf_counter(), 0
+                window_start, window_samples = time.perf_counter(), 0
 
             if cfg.train.image_every and step % cfg.train.image_every == 0 and ctx.is_main:
-                grid = run_dir / "images" / f"step_{step:08d}.png"
-                recon = losses.output.reconstruction[:8].detach().clamp(-1, 1)
-                save_reconstruction_grid(images[:8], recon, grid, nrow=8)
-                tracker.log_image(step, "reconstructions", grid)
+                grid = task.save_images(batch, losses, run_dir / "images" / f"step_{step:08d}.png")
+                tracker.log_image(step, "images", grid)
 
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
-                evaluate(eval_model, step)
+                evaluate(step)
 
             if preempted:
                 path = state.save(cfg.train.keep_last)
@@ -189,7 +171,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
                 tracker.info(f"saved checkpoint {state.save(cfg.train.keep_last)}")
 
         if exit_code == 0:
-            final = evaluate(eval_model, step)
+            final = evaluate(step)
             if ctx.is_main:
                 write_json(run_dir / "metrics.json", {"step": step, **final})
                 (run_dir / COMPLETED_MARKER).write_text(f"{step}\n")

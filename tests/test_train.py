@@ -244,10 +244,10 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path: Path) -> None:
 def test_an_exception_mid_run_still_finishes_wandb_and_closes_the_log(tmp_path: Path, monkeypatch) -> None:
     import wandb
 
-    import train as train_module
+    import openmagvit2.train.tasks as tasks_module
 
     calls = {"n": 0}
-    real_apply = train_module.apply_updates
+    real_apply = tasks_module.apply_updates
 
     def failing_apply(gan, losses):
         calls["n"] += 1
@@ -255,7 +255,7 @@ def test_an_exception_mid_run_still_finishes_wandb_and_closes_the_log(tmp_path: 
             raise RuntimeError("simulated CUDA error")
         return real_apply(gan, losses)
 
-    monkeypatch.setattr(train_module, "apply_updates", failing_apply)
+    monkeypatch.setattr(tasks_module, "apply_updates", failing_apply)
     with pytest.raises(RuntimeError, match="simulated CUDA error"):
         train_in_process(["logger.mode=offline", "train.max_steps=5"], tmp_path)
     assert wandb.run is None  # finished in the finally block, not left running

@@ -1,12 +1,10 @@
-"""In-training evaluation: a fixed validation subset kept in memory, the weight-free metrics (+ LPIPS when the loss
-already holds its network), logged to the tracker and appended to `eval_history.jsonl`.
+"""In-training evaluation of the tokenizer: a fixed validation subset kept in memory, the weight-free metrics (+ LPIPS
+when the loss already holds its network). The loop logs the results and appends them to `eval_history.jsonl`.
 
 rFID needs the full validation set and the Inception weights: that is `eval.py`'s job, not the loop's.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,41 +15,30 @@ from openmagvit2.data.transforms import to_model_range
 from openmagvit2.eval import evaluate
 from openmagvit2.eval.images import to_uint8
 from openmagvit2.train.distributed import DistributedContext
-from openmagvit2.train.tracking import Tracker
-
-HISTORY_FILE = "eval_history.jsonl"
 
 
 class TrainingEvaluator:
-    """`evaluator(model, step)`: PSNR, codebook usage and (when available) LPIPS-VGG on the fixed val subset.
+    """`evaluator()`: PSNR, codebook usage and (with the loss's LPIPS) LPIPS-VGG of `model` on the fixed val subset.
 
     The subset stays in memory as uint8, 4x smaller than float (the images are 8-bit to begin with). LPIPS reuses
     the training loss's VGG network instead of loading a second copy onto the device.
     """
 
-    def __init__(self, data_cfg: Any, batch_size: int, max_images: int, ctx: DistributedContext, tracker: Tracker,
-                 run_dir: Path, perceptual: nn.Module | None) -> None:
-        self.ctx, self.tracker, self.run_dir = ctx, tracker, run_dir
+    def __init__(self, data_cfg: Any, batch_size: int, max_images: int, ctx: DistributedContext, model: nn.Module,
+                 perceptual: nn.Module | None) -> None:
+        self.ctx, self.model = ctx, model
         self.batches = [to_uint8(batch) for batch in build_val_loader(data_cfg, batch_size, ctx.rank,
                                                                        ctx.world_size, max_images=max_images)]
         self.metrics = ["psnr", "usage"]
         self.lpips_networks = {}
-        if perceptual is not None:
+        if perceptual is not None:  # eval.py computes LPIPS without it, and rFID
             self.metrics.append("lpips_vgg")
             self.lpips_networks = {"lpips_vgg": perceptual}
-        else:
-            tracker.info("loss.perceptual_weight=0: in-training evaluation reports PSNR and codebook usage; "
-                         "eval.py computes LPIPS and rFID")
 
-    def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
-        results = evaluate(model, (to_model_range(batch) for batch in self.batches), metrics=self.metrics,
+    def __call__(self) -> dict[str, float]:
+        results = evaluate(self.model, (to_model_range(batch) for batch in self.batches), metrics=self.metrics,
                            device=self.ctx.device, lpips_networks=self.lpips_networks)
-        results = {f"val/{name}": value for name, value in results.items()}
-        self.tracker.log_scalars(step, results)
-        if self.ctx.is_main:
-            with open(self.run_dir / HISTORY_FILE, "a") as history:
-                history.write(json.dumps({"step": step, **results}) + "\n")
-        return results
+        return {f"val/{name}": value for name, value in results.items()}
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,111 @@
+"""Training tasks: what the one loop in `train.py` drives. `task=tokenizer` (the GAN of Stage I) is built here;
+each task answers the same few questions, so the loop, checkpoints, pre-emption, logging and launchers are shared.
+
+A task holds its models, losses and optimisers and knows
+- how to move a batch to the device and compute its losses (`compute_losses`, no update yet),
+- how to apply the updates (`apply_updates`, returning gradient norms to log),
+- what a checkpoint holds of it (`checkpointed`: `TrainState`'s shared entries; `extra_state`: plain values),
+- its per-step extra scalars (`step_logs`), its evaluation (`evaluate`) and its picture (`save_images`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from openmagvit2.eval import save_reconstruction_grid
+from openmagvit2.losses import TokenizerLoss, build_discriminator
+from openmagvit2.models import Tokenizer
+from openmagvit2.train.distributed import DistributedContext, cross_rank_reductions
+from openmagvit2.train.evaluation import TrainingEvaluator, batch_usage, count_parameters
+from openmagvit2.train.init_from import initialise_from_checkpoint
+from openmagvit2.train.precision import Precision
+from openmagvit2.train.step import GanTraining, StepLosses, apply_updates, build_gan_training, compute_losses
+
+
+class Task(Protocol):
+    optimizers: Sequence[torch.optim.Optimizer]
+    base_lrs: Sequence[float]
+    notes: list[str]  # start-up lines for the run log (what was built, what was initialised from where)
+
+    def to_device(self, batch: Any) -> Any: ...
+
+    def compute_losses(self, batch: Any, step: int) -> Any: ...
+
+    def apply_updates(self, losses: Any) -> dict[str, torch.Tensor]: ...
+
+    def step_logs(self, losses: Any) -> dict[str, torch.Tensor]: ...
+
+    def checkpointed(self) -> dict[str, Any]: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+    def save_images(self, batch: Any, losses: Any, path: Path) -> Path: ...
+
+
+class TokenizerTask:
+    """Stage I: the tokenizer against its PatchGAN discriminator (`openmagvit2.train.step`)."""
+
+    def __init__(self, gan: GanTraining, evaluator: TrainingEvaluator, base_lrs: tuple[float, float],
+                 notes: list[str]) -> None:
+        self.gan, self.evaluator, self.base_lrs, self.notes = gan, evaluator, base_lrs, notes
+        self.optimizers = gan.optimizers
+        self.device = gan.tokenizer.decoder.conv_out.weight.device
+
+    @classmethod
+    def build(cls, cfg: DictConfig, ctx: DistributedContext, fine_tune: bool) -> "TokenizerTask":
+        """Losses first (the perceptual network's weights are checked before any model or data work), then the
+        models, the `train.init_from` weights when fine-tuning, the optimisers and wrappers, the val subset."""
+        sum_over_ranks, mean_over_ranks = cross_rank_reductions(ctx)
+        criterion = TokenizerLoss(cfg.loss, reduce_mean=mean_over_ranks).to(ctx.device)
+        tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
+        tokenizer.quantizer.reduce_sum = sum_over_ranks
+        discriminator = build_discriminator(cfg.loss).to(ctx.device)
+        notes = []
+        if fine_tune and cfg.train.init_from:
+            notes.append("initialised " + initialise_from_checkpoint(cfg.train.init_from, tokenizer, discriminator,
+                                                                     use_ema=cfg.train.init_use_ema))
+        gan = build_gan_training(cfg, tokenizer, discriminator, criterion,
+                                 Precision(cfg.train.precision, ctx.device), ctx.is_distributed)
+        evaluator = TrainingEvaluator(cfg.data, cfg.train.batch_size, cfg.train.eval_images, ctx,
+                                      gan.ema.module if gan.ema else tokenizer, criterion.perceptual_loss)
+        notes.append(f"generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, discriminator "
+                     f"{count_parameters(discriminator) / 1e6:.2f}M; in-training evaluation: "
+                     f"{', '.join(evaluator.metrics)} on {cfg.train.eval_images} images")
+        return cls(gan, evaluator, (cfg.optim.lr, cfg.optim.disc_lr), notes)
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True)
+
+    def compute_losses(self, batch: torch.Tensor, step: int) -> StepLosses:
+        return compute_losses(self.gan, batch, step)
+
+    def apply_updates(self, losses: StepLosses) -> dict[str, torch.Tensor]:
+        return apply_updates(self.gan, losses)
+
+    def step_logs(self, losses: StepLosses) -> dict[str, torch.Tensor]:
+        usage = batch_usage(losses.output.quantizer.indices, self.gan.tokenizer.quantizer.codebook_size)
+        return {**losses.logs, "codebook/batch_usage": usage}
+
+    def checkpointed(self) -> dict[str, Any]:
+        return self.gan.checkpointed()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"tokenizer_hparams": self.gan.tokenizer.hparams}
+
+    def evaluate(self) -> dict[str, float]:
+        return self.evaluator()
+
+    def save_images(self, batch: torch.Tensor, losses: StepLosses, path: Path) -> Path:
+        """Originals above their reconstructions, for the first 8 images of the batch."""
+        reconstruction = losses.output.reconstruction[:8].detach().clamp(-1, 1)
+        return save_reconstruction_grid(batch[:8], reconstruction, path, nrow=8)
+
+
+def build_task(cfg: DictConfig, ctx: DistributedContext, fine_tune: bool) -> Task:
+    """The task `cfg` trains (`fine_tune`: a fresh run, so `train.init_from` weights are loaded)."""
+    return TokenizerTask.build(cfg, ctx, fine_tune)
