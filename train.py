@@ -49,7 +49,6 @@ COMPLETED_MARKER = "COMPLETED"
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        validate_config(cfg)
         # Handlers go in first: a pre-emption warning during start-up is honoured at the first step boundary.
         with PreemptionFlag() as preemption:
             exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_names(cfg), preemption)
@@ -80,6 +79,7 @@ def seed_everything(seed: int) -> None:
 def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
           preemption: PreemptionFlag | None = None) -> int:
     """Run (or resume) training in `run_dir`; returns the process exit code (75: pre-empted, checkpoint saved)."""
+    config = validate_config(cfg)  # typed, checked groups (raises ConfigError before any work)
     preemption = preemption or PreemptionFlag(signals=())
     ctx = init_distributed(cfg.device)
     seed_everything(cfg.seed)  # the same on every rank while the models are built
@@ -87,11 +87,11 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     resolved_config = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and sent to W&B
 
     # Losses first: the perceptual network's weights are checked before any data or model work.
-    criterion = TokenizerLoss(cfg.loss).to(ctx.device)
-    batches = build_train_loader(cfg.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed)
+    criterion = TokenizerLoss(config.loss).to(ctx.device)
+    batches = build_train_loader(config.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed)
 
-    tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
-    discriminator = build_discriminator(cfg.loss).to(ctx.device)
+    tokenizer = Tokenizer.from_config(config.model, config.quantizer).to(ctx.device)
+    discriminator = build_discriminator(config.loss).to(ctx.device)
     resume_from = resolve_resume(cfg.train.resume, run_dir)
     initialised_from = None
     if cfg.train.init_from and resume_from is None:  # fine-tuning; a resumed run already holds those weights
@@ -169,7 +169,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
                  f"{cfg.train.batch_size * ctx.world_size}; precision {cfg.train.precision}")
 
     # The fixed val subset stays in memory as uint8 (4x smaller than float; images are 8-bit to begin with).
-    val_batches = [to_uint8(batch) for batch in build_val_loader(cfg.data, cfg.train.batch_size, ctx.rank,
+    val_batches = [to_uint8(batch) for batch in build_val_loader(config.data, cfg.train.batch_size, ctx.rank,
                                                                   ctx.world_size, max_images=cfg.train.eval_images)]
     eval_metrics = training_eval_metrics(tracker)
 
