@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from openmagvit2 import Tokenizer
-from openmagvit2.models import model_preset
+from openmagvit2.config import model_preset
 from openmagvit2.models.loading import ema_key
 
 REFERENCE_DETAILED = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE-DETAILED.md"  # ../shared in CI

@@ -31,7 +31,7 @@ def make_inputs() -> tuple[torch.nn.Module, torch.Tensor]:
 def codebook_loss_and_grads(model: torch.nn.Module, images: torch.Tensor, across_ranks: bool
                             ) -> tuple[float, float, list[torch.Tensor]]:
     """Maximise the codebook entropy (the global term) once; return its value, the per-sample entropy, the grads."""
-    out = LFQ(BITS, entropy_across_ranks=across_ranks).train()(model(images))
+    out = LFQ(codebook_bits=BITS, entropy_across_ranks=across_ranks).train()(model(images))
     (-out.codebook_entropy).backward()
     return out.codebook_entropy.item(), out.per_sample_entropy.item(), [p.grad.clone() for p in model.parameters()]
 
