@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, ROOT
@@ -31,7 +32,7 @@ def test_there_are_sweeps_for_the_demo_and_the_recipe() -> None:
 @pytest.mark.parametrize("name", SWEEP_FILES)
 def test_sweep_files_compose_and_sweep_existing_keys(name: str) -> None:
     cfg = compose_sweep(name)
-    assert cfg.hydra.mode == "MULTIRUN"  # `sweep=<name>` alone starts the multirun
+    assert cfg.hydra.mode == RunMode.MULTIRUN  # `sweep=<name>` alone starts the multirun
     params = cfg.hydra.sweeper.params
     assert len(params) >= 2
     for key, values in params.items():
