@@ -162,7 +162,7 @@ def test_cli_prints_job_config() -> None:
                                           ("quantizer.codebook_bits=31", "quantizer.codebook_bits=31"),
                                           ("train.precision=fp64", "train.precision='fp64'")])
 def test_cli_bad_value_exits_2_with_one_line_before_any_work(override: str, key: str, tmp_path) -> None:
-    result = run_entry_point(["train.py", "experiment=demo", override, f"hydra.run.dir={tmp_path}"])
+    result = run_entry_point(["train.py", override, f"hydra.run.dir={tmp_path}"])  # the default config
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {key} is invalid: expected"), result.stderr

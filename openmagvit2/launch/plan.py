@@ -111,7 +111,7 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
             owned[key] = value
         elif override in ("-m", "--multirun"):
             raise LaunchError("multirun sweeps are not submitted through this command; run "
-                              "`python train.py -m hydra/launcher=submitit_slurm ...` instead (see sweep/README.md).")
+                              "`python train.py sweep=<name> hydra/launcher=submitit_32gpu ...` instead (see conf/sweep/README.md).")
         else:
             kept.append(override)
     return kept, owned
