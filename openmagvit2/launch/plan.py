@@ -206,11 +206,12 @@ def _missing_paths(value: Any, workdir: Path) -> list[str]:
 
 
 def _validate_layout(plan: LaunchPlan) -> None:
-    cluster = ClusterConfig(**plan.cluster)  # the schema's bounds of every cluster.* key
-    gpus, procs = cluster.gpus_per_node, cluster.processes_per_node
-    if gpus == 0 and plan.device != "cpu":
+    # First (processes_per_node follows gpus_per_node in the SLURM configs, so 0 GPUs would read as 0 processes):
+    if plan.cluster.get("gpus_per_node") == 0 and plan.device != "cpu":
         raise LaunchError(f"cluster.gpus_per_node=0 but device={plan.device}: ask for GPUs (e.g. "
                           "cluster.gpus_per_node=8) or run on CPU with device=cpu.")
+    cluster = ClusterConfig(**plan.cluster)  # the schema's bounds of every cluster.* key
+    gpus, procs = cluster.gpus_per_node, cluster.processes_per_node
     if gpus > 0 and plan.device == "cpu":
         raise LaunchError(f"device=cpu but cluster.gpus_per_node={gpus}: set device=cuda, or "
                           "cluster.gpus_per_node=0 for a CPU-only job.")
