@@ -18,7 +18,9 @@ from openmagvit2.models.decoder import Decoder
 from openmagvit2.models.encoder import Encoder
 from openmagvit2.models.quantizer import LFQ, LFQOutput
 
-_ARCH, _LFQ = ModelConfig(ch=32, ch_mult=[1], num_res_blocks=1), QuantizerConfig()  # the schema's defaults
+# The keyword defaults below are the schema's (openmagvit2/config.py), so they are written in one place.
+_ARCH = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+_LFQ = QuantizerConfig()
 
 
 class TokenizerOutput(NamedTuple):
@@ -45,9 +47,9 @@ class Tokenizer(nn.Module):
     """
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 adaptive_norm: bool = _ARCH.adaptive_norm,  # adaptive GroupNorm in the decoder (v2/v3 Large)
-                 bit_order: str = _ARCH.bit_order,  # lsb_first (v2/v3) | msb_first (v1)
-                 in_channels: int = _ARCH.in_channels, out_channels: int = _ARCH.out_channels,
+                 adaptive_norm: bool = _ARCH["adaptive_norm"],  # adaptive GroupNorm in the decoder (v2/v3 Large)
+                 bit_order: str = _ARCH["bit_order"],  # lsb_first (v2/v3) | msb_first (v1)
+                 in_channels: int = _ARCH["in_channels"], out_channels: int = _ARCH["out_channels"],
                  codebook_bits: int = _LFQ.codebook_bits,  # z channels = bits per token
                  entropy_temperature: float = _LFQ.entropy_temperature,
                  entropy_eps: float = _LFQ.entropy_eps,
