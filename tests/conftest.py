@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig

@@ -2,7 +2,9 @@
 
 Everything a user can get wrong about an allocation is refused here, before a script is written or a job queued:
 a process layout that does not match the batch plan, GPUs per node 0 for a GPU run, a data path that does not exist,
-a malformed time limit.  Each refusal is one sentence that names the key and what to change.
+a malformed time limit.  Each refusal is one sentence that names the key and what to change.  The bounds of each
+``cluster.*`` key are the config schema's (``openmagvit2.config.ClusterConfig``); this module adds the checks that
+combine the cluster with the rest of the config (device, batch plan, paths).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from openmagvit2.config import ClusterConfig, ConfigError, check_global_batch, time_limit_seconds
+from openmagvit2.config import ClusterConfig, ConfigError, check_global_batch
+from openmagvit2.config import time_limit_seconds  # noqa: F401  (re-exported: callers import it from here)
 from openmagvit2.paths import conf_dir, template_dir
 
 DEFAULT_CONFIG_DIR = conf_dir()
