@@ -42,7 +42,7 @@ bench: setup
 
 ## sweep-demo: a local Hydra multirun (2 x 2) of the CPU demo
 sweep-demo: setup
-	$(PY) train.py -m --config-dir sweep --config-name demo
+	$(PY) train.py sweep=demo
 
 ## weights: fetch the pretrained files (LPIPS VGG/AlexNet, FID Inception) on a machine with network
 weights: setup

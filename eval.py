@@ -18,14 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2 import weights
+from openmagvit2.config import ConfigError, data_config
 from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
                               save_reconstruction_grid)
 from openmagvit2.eval.report import SEED_TABLE_HEADER, markdown_row, print_results, write_metrics_json
 from openmagvit2.eval.runner import AUTOCAST_DTYPES
-
-
-class ConfigError(ValueError):
-    """A bad command-line value; reported as one line, without a traceback."""
 
 
 def validate(cfg: DictConfig) -> list[str]:
@@ -115,6 +112,7 @@ def log_to_wandb(cfg: DictConfig, results: dict[str, float], run_dir: Path, grid
 
 def run(cfg: DictConfig) -> dict[str, float]:
     metrics = validate(cfg)
+    data = data_config(cfg.data)  # the typed, checked data group
     # Refuse before building anything when a feature network's weights are not on disk.
     weights.require(required_weights(metrics, cfg.fid_mode))
 
@@ -128,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ckpt = Path(cfg.ckpt)
         tokenizer = Tokenizer.from_checkpoint(ckpt, model=architecture_override(cfg), use_ema=bool(cfg.use_ema))
         tokenizer = tokenizer.to(ctx.device)
-        loader = build_val_loader(cfg.data, int(cfg.batch_size), ctx.rank, ctx.world_size, cfg.max_images)
+        loader = build_val_loader(data, int(cfg.batch_size), ctx.rank, ctx.world_size, cfg.max_images)
         grid = GridKeeper(int(cfg.grid_images) if ctx.is_main else 0)
         results = evaluate(tokenizer, loader, metrics, ctx.device, fid_mode=cfg.fid_mode, uint8_mode=cfg.uint8,
                            precision=cfg.precision, on_batch=grid)

@@ -46,7 +46,6 @@ EVAL_HISTORY = "eval_history.jsonl"
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        validate_config(cfg)
         # Handlers go in first: a pre-emption warning during start-up is honoured at the first step boundary.
         with PreemptionFlag() as preemption:
             exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_names(cfg), preemption)
@@ -80,6 +79,7 @@ def seed_everything(seed: int) -> None:
 def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
           preemption: PreemptionFlag | None = None) -> int:
     """Run (or resume) training in `run_dir`; returns the process exit code (75: pre-empted, checkpoint saved)."""
+    config = validate_config(cfg)  # typed, checked groups (raises ConfigError before any work)
     preemption = preemption or PreemptionFlag(signals=())
     ctx = init_distributed(cfg.device)
     tracker: Tracker | None = None
@@ -87,12 +87,15 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         # A checkpoint to resume is read first: its config is compared with this one before anything is built.
         resume_from = resolve_resume(cfg.train.resume, run_dir)
         saved = checkpoint.load(resume_from) if resume_from is not None else None
-        resume_warnings = check_resume(cfg, saved["config"], saved["step"], resume_from) if saved else []
+        resume_warnings = []
+        if saved is not None:
+            resume_warnings = check_resume(cfg, saved["config"], saved["step"], resume_from)
+            config = validate_config(cfg)  # check_resume keeps the checkpoint's EMA when this run turned it off
         resolved_config = OmegaConf.to_container(cfg, resolve=True)  # stored in checkpoints and sent to W&B
 
         seed_everything(cfg.seed)  # the same on every rank while the models are built
-        task = build_task(cfg, ctx, fine_tune=saved is None)
-        batches = build_train_loader(cfg.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed)
+        task = build_task(config, ctx, fine_tune=saved is None)
+        batches = build_train_loader(config.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed)
         seed_everything(cfg.seed + ctx.rank)  # models are built identically; from here on each rank draws its own
         state = TrainState(run_dir, ctx, config=resolved_config, extra=task.extra_state(),
                            shared=task.checkpointed(), per_rank={"data": batches})

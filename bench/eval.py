@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -27,6 +26,7 @@ from openmagvit2.eval.images import to_uint8  # noqa: E402
 from openmagvit2.eval.pixel import psnr_per_image, ssim_per_image  # noqa: E402
 from openmagvit2.eval.runner import build_metrics  # noqa: E402
 from openmagvit2.eval.usage import CodebookUsage  # noqa: E402
+from openmagvit2.config import model_preset  # noqa: E402
 from openmagvit2.models import Tokenizer  # noqa: E402
 
 
@@ -57,8 +57,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    tokenizer = Tokenizer.from_config(OmegaConf.load(ROOT / "conf/model/tiny.yaml"),
-                                      OmegaConf.load(ROOT / "conf/quantizer/lfq.yaml")).to(device).eval()
+    tokenizer = Tokenizer(**model_preset("tiny")).to(device).eval()
     images = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     output = tokenizer(images, compute_losses=False)
     recon = output.reconstruction.clamp(-1, 1)

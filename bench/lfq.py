@@ -114,7 +114,7 @@ def peak_bytes(step: Callable[[], torch.Tensor], reset: Callable[[], None], devi
 
 def run_case(bits: int, tokens: int, repeats: int, dense_repeats: int, device: str, max_dense_gib: float) -> dict:
     z = make_latents(bits, tokens, device)
-    quantizer = LFQ(bits, entropy_temperature=TEMPERATURE, entropy_eps=EPS).train().to(device)
+    quantizer = LFQ(codebook_bits=bits, entropy_temperature=TEMPERATURE, entropy_eps=EPS).train().to(device)
 
     def reset() -> None:
         z.grad = None

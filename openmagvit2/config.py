@@ -1,19 +1,33 @@
-"""Validation of the composed Hydra config, before any model, data or GPU is touched.
+"""The typed config schema: one dataclass per Hydra group, the single source of defaults and bounds.
 
-Hydra already refuses unknown keys (the configs are in struct mode); this module refuses values of the wrong type or
-out of range, with one sentence that names the key, what was wrong and what is allowed.
+Each dataclass is stored in Hydra's ConfigStore as `<group>/<name>_schema`, and every YAML option starts from it
+(`defaults: [lfq_schema, _self_]`), so the YAML files hold values only and a key or type error is refused while
+Hydra composes. Range checks sit next to the fields, in `__post_init__`; they run when `validate_config` turns the
+composed config into typed objects (`OmegaConf.to_object`), once, before any model, data or GPU is touched. Every
+refusal is a `ConfigError` whose message names the key, the bad value and what is allowed, in one sentence.
+
+This module imports no other part of the package at load time (models, losses and the launcher import it).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from openmagvit2.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value a user can fix; the message names the key."""
+__all__ = ["ClusterConfig", "ConfigError", "FolderDataConfig", "LoggerConfig", "LossConfig", "ModelConfig",
+           "OptimConfig", "QuantizerConfig", "RunConfig", "SampleDataConfig", "TrainConfig", "WdsDataConfig",
+           "check_global_batch", "data_config", "model_preset", "time_limit_seconds", "validate_config"]
+
+BIT_ORDERS = ("lsb_first", "msb_first")
+MAX_CODEBOOK_BITS = 30  # token indices must stay exact in int64 and in the float32 code tables of the AR stage
 
 
 def _is_int(value: Any) -> bool:
@@ -24,94 +38,548 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check(cfg: DictConfig, key: str, predicate: Callable[[Any], bool], allowed: str) -> Any:
-    value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if not predicate(value):
+def _int_at_least(key: str, value: Any, minimum: int, meaning: str = "") -> None:
+    check(_is_int(value) and value >= minimum, key, value, f"an integer >= {minimum}{meaning}")
+
+
+def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError "<key>=<value> is invalid: expected <allowed>." unless `ok`."""
+    if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: expected {allowed}.")
-    return value
 
 
-def _positive_int(v: Any) -> bool:
-    return _is_int(v) and v >= 1
+# ------------------------------------------------------------------------------------------------------------- loss
+DISC_NORMS = ("batch", "none")
 
 
-def _non_negative_int(v: Any) -> bool:
-    return _is_int(v) and v >= 0
+@dataclass
+class LossConfig:
+    """Weights and switches of the tokenizer's training objective; defaults are the released v1 recipe.
+
+    G: L1 + perceptual_weight*LPIPS + gen_loss_weight*non-saturating GAN + codebook_weight*entropy
+       + commit_weight*commitment.  D: hinge + lecam_weight*LeCam (EMA decay lecam_decay) on a PatchGAN.
+    """
+
+    perceptual_weight: float = 1.0  # LPIPS (VGG16); needs the ImageNet VGG16 weights (`make weights`); 0 = off
+    gen_loss_weight: Optional[float] = 0.1  # fixed G adversarial weight; null = VQGAN adaptive weight x disc_weight
+    disc_weight: float = 0.8  # only used when gen_loss_weight is null
+    codebook_weight: float = 0.1  # entropy loss (per-sample minus codebook entropy)
+    commit_weight: float = 0.25  # commitment loss
+    lecam_weight: float = 0.005  # v1 recipe; 0.01 for 128 Large, 0.05 for 256 Large (loss=recipe_128_large|_256_large)
+    lecam_decay: float = 0.999  # EMA decay of the mean real/fake logits
+    disc_start: int = 0  # step from which the adversarial terms count (the recipe has no warm-up)
+    disc_norm: str = "batch"  # batch (recipe) | none (no BatchNorm: exact DDP-equivalence tests)
+    disc_channels: int = 64  # PatchGAN width (pix2pix ndf)
+    disc_layers: int = 3  # PatchGAN strided layers (2.77M parameters at 64/3)
+    codebook_enlarge_ratio: float = 0.0  # extra entropy weight at step 0, decaying linearly; 0 = off (recipe)
+    codebook_enlarge_steps: int = 2000  # steps over which that extra weight decays
+
+    def __post_init__(self) -> None:
+        for key in ("perceptual_weight", "disc_weight", "codebook_weight", "commit_weight", "lecam_weight",
+                    "codebook_enlarge_ratio"):
+            value = getattr(self, key)
+            check(_is_number(value) and value >= 0, f"loss.{key}", value, "a number >= 0")
+        check(self.gen_loss_weight is None or (_is_number(self.gen_loss_weight) and self.gen_loss_weight >= 0),
+              "loss.gen_loss_weight", self.gen_loss_weight, "a number >= 0, or null for the adaptive VQGAN weight")
+        check(_is_number(self.lecam_decay) and 0 <= self.lecam_decay < 1, "loss.lecam_decay", self.lecam_decay,
+              "a number in [0, 1) (the recipe uses 0.999)")
+        _int_at_least("loss.disc_start", self.disc_start, 0, " (0 = adversarial terms from the first step)")
+        check(self.disc_norm in DISC_NORMS, "loss.disc_norm", self.disc_norm,
+              "batch (the recipe) or none (no normalisation, for exact DDP-equivalence tests)")
+        _int_at_least("loss.disc_channels", self.disc_channels, 1, " (the recipe uses 64)")
+        _int_at_least("loss.disc_layers", self.disc_layers, 1, " (the recipe uses 3)")
+        _int_at_least("loss.codebook_enlarge_steps", self.codebook_enlarge_steps, 1)
+
+    @classmethod
+    def from_config(cls, loss: LossConfig | DictConfig | dict | None) -> LossConfig:
+        """The checked loss config from a typed object, a composed `loss` node or a dict (missing keys: defaults)."""
+        if isinstance(loss, LossConfig):
+            return loss
+        if isinstance(loss, DictConfig):
+            loss = OmegaConf.to_container(loss, resolve=True)
+        values = dict(loss or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"loss.{unknown[0]} is not a loss option: expected one of {', '.join(sorted(known))}.")
+        return cls(**values)
 
 
-def _validate_train(cfg: DictConfig) -> None:
-    _check(cfg, "seed", _is_int, "an integer")
-    _check(cfg, "device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
-    _check(cfg, "train.batch_size", _positive_int, "an integer >= 1 (images per process)")
-    _check(cfg, "train.max_steps", _positive_int, "an integer >= 1")
-    _check(cfg, "train.precision", lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16")
-    _check(cfg, "train.ckpt_every", _positive_int, "an integer >= 1 (steps between checkpoints)")
-    _check(cfg, "train.keep_last", _non_negative_int, "an integer >= 0 (0 keeps every checkpoint)")
-    _check(cfg, "train.log_every", _positive_int, "an integer >= 1")
-    _check(cfg, "train.image_every", _non_negative_int, "an integer >= 0 (0 = off)")
-    _check(cfg, "train.eval_every", _non_negative_int, "an integer >= 0 (0 = only at the end)")
-    _check(cfg, "train.eval_images", _positive_int, "an integer >= 1")
-    _check(cfg, "train.ema_decay", lambda v: v is None or (_is_number(v) and 0 <= v < 1), "null or a number in [0, 1)")
-    _check(cfg, "train.grad_clip", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0")
-    for flag in ("train.channels_last", "train.compile", "train.detect_anomaly"):
-        _check(cfg, flag, lambda v: isinstance(v, bool), "true or false")
-    resume = _check(cfg, "train.resume", lambda v: isinstance(v, str) and v != "", "auto, never, or a checkpoint path")
-    if resume not in ("auto", "never") and not Path(resume).is_file():
-        raise ConfigError(f"train.resume={resume!r} is not a file; give a checkpoint path, or auto / never.")
-    global_batch = _check(cfg, "train.global_batch_size", lambda v: v is None or _positive_int(v),
-                          "null or an integer >= 1 (images per step over all processes)")
-    init_from = _check(cfg, "train.init_from", lambda v: v is None or isinstance(v, str),
-                       "null or the path of a checkpoint to fine-tune from")
-    if init_from is not None and not Path(init_from).is_file():
-        raise ConfigError(f"train.init_from={init_from!r} is not a file; give our checkpoint or a released "
-                          "Open-MAGVIT2 .ckpt (e.g. imagenet_256_L.ckpt).")
-    _check(cfg, "train.init_use_ema", lambda v: isinstance(v, bool), "true or false")
-    world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
-    if global_batch is not None and global_batch != cfg.train.batch_size * world_size:
-        raise ConfigError(f"train.global_batch_size={global_batch} does not equal train.batch_size "
-                          f"({cfg.train.batch_size}) x {world_size} processes; change the batch size or the "
-                          "number of processes, or set train.global_batch_size=null to train with another batch.")
+# ---------------------------------------------------------------------------------------------------- model / quantizer
+@dataclass
+class ModelConfig:
+    """Tokenizer architecture (`conf/model/<name>.yaml` are the released ones and the tiny CPU model)."""
+
+    ch: int = MISSING  # base width; every width must be a multiple of 32 (GroupNorm uses 32 groups)
+    ch_mult: List[int] = MISSING  # width multiplier per level; 2^(len - 1) is the downsampling factor
+    num_res_blocks: int = MISSING  # residual blocks per level
+    adaptive_norm: bool = False  # adaptive GroupNorm in the decoder (v2/v3 "Large")
+    bit_order: str = "lsb_first"  # token index packing: lsb_first (v2/v3: channel 0 is bit 0) | msb_first (v1)
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def __post_init__(self) -> None:
+        check(_is_int(self.ch) and self.ch >= 32 and self.ch % 32 == 0, "model.ch", self.ch,
+              "a positive multiple of 32 (GroupNorm uses 32 groups)")
+        check(len(self.ch_mult) >= 1 and all(_is_int(m) and m >= 1 for m in self.ch_mult), "model.ch_mult",
+              list(self.ch_mult), "a non-empty list of integers >= 1, e.g. [1, 2, 2, 4]")
+        _int_at_least("model.num_res_blocks", self.num_res_blocks, 1)
+        check(isinstance(self.adaptive_norm, bool), "model.adaptive_norm", self.adaptive_norm, "true or false")
+        check(self.bit_order in BIT_ORDERS, "model.bit_order", self.bit_order, "lsb_first (v2/v3) or msb_first (v1)")
+        _int_at_least("model.in_channels", self.in_channels, 1)
+        _int_at_least("model.out_channels", self.out_channels, 1)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
 
 
-def _validate_model(cfg: DictConfig) -> None:
-    _check(cfg, "model.ch", lambda v: _is_int(v) and v >= 32 and v % 32 == 0,
-           "a positive multiple of 32 (GroupNorm uses 32 groups)")
-    _check(cfg, "model.ch_mult", lambda v: isinstance(v, (list, ListConfig)) and len(v) >= 1
-           and all(_positive_int(m) for m in v), "a non-empty list of integers >= 1, e.g. [1,2,2,4]")
-    _check(cfg, "model.num_res_blocks", _positive_int, "an integer >= 1")
-    _check(cfg, "model.adaptive_norm", lambda v: isinstance(v, bool), "true or false")
-    _check(cfg, "model.bit_order", lambda v: v in ("lsb_first", "msb_first"), "lsb_first (v2/v3) or msb_first (v1)")
-    _check(cfg, "quantizer.codebook_bits", lambda v: _is_int(v) and 1 <= v <= 30,
-           "an integer in 1..30 (the codebook has 2^bits entries; the recipe uses 18)")
-    _check(cfg, "quantizer.entropy_temperature", lambda v: _is_number(v) and v > 0, "a number > 0")
-    downsampling = 2 ** (len(cfg.model.ch_mult) - 1)
-    _check(cfg, "data.image_size", lambda v: _is_int(v) and v >= downsampling and v % downsampling == 0,
-           f"a multiple of the model's downsampling factor {downsampling}")
+@dataclass
+class QuantizerConfig:
+    """Lookup-free quantizer (MAGVIT-2) with the exact, factorised entropy loss; defaults are the Open-MAGVIT2 recipe."""
+
+    codebook_bits: int = 18  # K: z channels = bits per token; codebook size 2^K
+    entropy_temperature: float = 0.01  # T in softmax(2 <z, c> / T)
+    entropy_eps: float = 1e-5  # eps in the codebook entropy -sum pbar log(pbar + eps)
+    sample_minimization_weight: float = 1.0  # per-sample entropy (minimised: confident tokens)
+    batch_maximization_weight: float = 1.0  # codebook entropy (maximised: all codes used)
+    entropy_across_ranks: bool = False  # true: pbar averaged over all DDP ranks (MAGVIT-2 paper); false: per GPU
+
+    def __post_init__(self) -> None:
+        for key in ("sample_minimization_weight", "batch_maximization_weight"):
+            value = getattr(self, key)
+            check(_is_number(value) and value >= 0, f"quantizer.{key}", value, "a number >= 0")
+        bits = self.codebook_bits
+        if self.sample_minimization_weight or self.batch_maximization_weight:
+            from openmagvit2.models.entropy import MAX_ENTROPY_BITS, entropy_memory_bytes
+
+            need = (f" (the exact entropy at {bits} bits needs a 2^{bits}-entry table, "
+                    f"~{entropy_memory_bytes(bits, num_tokens=0) / 2 ** 30:.0f} GiB with gradients)"
+                    if _is_int(bits) and bits > MAX_ENTROPY_BITS else "")
+            check(_is_int(bits) and 1 <= bits <= MAX_ENTROPY_BITS, "quantizer.codebook_bits", bits,
+                  f"an integer in 1..{MAX_ENTROPY_BITS} while the entropy weights are non-zero{need}; the recipe "
+                  f"uses 18, and up to {MAX_CODEBOOK_BITS} is allowed with both entropy weights set to 0")
+        check(_is_int(bits) and 1 <= bits <= MAX_CODEBOOK_BITS, "quantizer.codebook_bits", bits,
+              f"an integer in 1..{MAX_CODEBOOK_BITS} (the codebook has 2^bits entries; the recipe uses 18)")
+        check(_is_number(self.entropy_temperature) and self.entropy_temperature > 0, "quantizer.entropy_temperature",
+              self.entropy_temperature, "a number > 0 (the recipe uses 0.01)")
+        check(_is_number(self.entropy_eps) and self.entropy_eps >= 0, "quantizer.entropy_eps", self.entropy_eps,
+              "a number >= 0")
+        check(isinstance(self.entropy_across_ranks, bool), "quantizer.entropy_across_ranks",
+              self.entropy_across_ranks, "true or false")
 
 
-def _validate_optim_logger(cfg: DictConfig) -> None:
-    _check(cfg, "optim.lr", lambda v: _is_number(v) and v > 0, "a number > 0")
-    _check(cfg, "optim.disc_lr", lambda v: _is_number(v) and v > 0, "a number > 0")
-    _check(cfg, "optim.betas", lambda v: isinstance(v, (list, ListConfig)) and len(v) == 2
-           and all(_is_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.5, 0.9]")
-    _check(cfg, "optim.schedule", lambda v: v in ("constant", "cosine", "step"), "one of constant, cosine, step")
-    _check(cfg, "optim.warmup_steps", _non_negative_int, "an integer >= 0")
-    _check(cfg, "logger.mode", lambda v: v in ("auto", "online", "offline", "disabled"),
-           "one of auto, online, offline, disabled")
+def model_preset(name: str) -> dict[str, Any]:
+    """The architecture hyper-parameters of a shipped `conf/model/<name>.yaml` (e.g. "openmagvit2_v3_256_large")."""
+    from openmagvit2.paths import conf_dir
+
+    path = conf_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"model={name!r} is unknown: use one of {', '.join(known)}, or pass a dict of "
+                          f"hyper-parameters (ch, ch_mult, num_res_blocks, adaptive_norm, bit_order).")
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    values.pop("defaults", None)
+    return dataclasses.asdict(ModelConfig(**values))
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first invalid value; also runs the data and loss groups' own validators."""
-    from openmagvit2.data import validate_data_config
-    from openmagvit2.losses import validate_loss_config
+# ------------------------------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    """Keys every data source has; `name` picks the source (it is the `data=` option, and the dispatch key)."""
 
-    _validate_train(cfg)
-    _validate_model(cfg)
-    _validate_optim_logger(cfg)
-    for validator, group in ((validate_loss_config, "loss"), (validate_data_config, "data")):
+    name: str = MISSING
+    image_size: int = 256  # training/eval crop side in pixels
+    num_workers: int = 8  # loader worker processes per rank
+    hflip: bool = False  # random horizontal flips in training (the recipe uses none)
+
+    def __post_init__(self) -> None:
+        _int_at_least("data.image_size", self.image_size, 8)
+        _int_at_least("data.num_workers", self.num_workers, 0)
+        check(isinstance(self.hflip, bool), "data.hflip", self.hflip, "true or false")
+
+
+@dataclass
+class SampleDataConfig(DataConfig):
+    """Real photographs bundled inside scikit-image (no download), cut into random crops: the demo's data.
+
+    Validation crops come from held-out photos, so the demo's PSNR is measured on images never trained on."""
+
+    name: str = "sample"
+    image_size: int = 64
+    num_workers: int = 0
+    train_photos: List[str] = field(default_factory=lambda: [
+        "astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle"])
+    val_photos: List[str] = field(default_factory=lambda: ["coffee"])
+    epoch_crops: int = 2048  # an epoch is this many random crops (all ranks together)
+    val_crops: int = 64  # fixed set of held-out crops (fixed seed, independent of the run's seed)
+    crop_scale: List[float] = field(default_factory=lambda: [0.25, 0.75])  # crop side / photo short side
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from openmagvit2.data.sample import check_photo_names
+
         try:
-            validator(cfg[group])
-        except ConfigError:
-            raise
+            check_photo_names(list(self.train_photos), list(self.val_photos))
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        _int_at_least("data.epoch_crops", self.epoch_crops, 1)
+        _int_at_least("data.val_crops", self.val_crops, 1)
+        scale = list(self.crop_scale)
+        check(len(scale) == 2 and all(_is_number(v) for v in scale) and 0.0 < scale[0] <= scale[1] <= 1.0,
+              "data.crop_scale", scale, "two numbers with 0 < low <= high <= 1")
+
+
+def _check_dir(key: str, path: Optional[str], required: bool) -> None:
+    if path is None:
+        check(not required, f"data.{key}", path, "the path of an image folder")
+        return
+    if not os.path.isdir(str(path)):
+        raise ConfigError(f"data.{key}={str(path)!r} does not exist or is not a directory: set data.{key} "
+                          "(or data.root) to your image folder.")
+
+
+@dataclass
+class FolderDataConfig(DataConfig):
+    """ImageNet (or any image folder) on disk: <split>/<synset>/*.JPEG. Set IMAGENET_ROOT or data.root.
+
+    Train: resize short side to image_size (bilinear, antialiased) + random crop (+ flip if hflip). Val: centre crop."""
+
+    name: str = "imagenet_folder"
+    root: str = "${oc.env:IMAGENET_ROOT,data/imagenet}"
+    train_dir: str = "${.root}/train"
+    val_dir: Optional[str] = "${.root}/val"  # flat or <synset>/ sub-folders; null = no validation set
+    jpeg_draft: bool = False  # training only: JPEG downscale-on-decode (PIL draft): faster, slightly different
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_dir("train_dir", self.train_dir, required=True)
+        _check_dir("val_dir", self.val_dir, required=False)
+
+
+def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
+    from openmagvit2.data.shards import expand_shards, missing_local_shards
+
+    if spec is None:
+        check(not required, f"data.{key}", spec, "a shard pattern such as /path/train-{000000..001281}.tar")
+        return
+    try:
+        urls = expand_shards(spec)
+    except ValueError as error:
+        raise ConfigError(f"data.{key}={spec!r} is not a valid shard pattern ({error}).") from None
+    check(bool(urls), f"data.{key}", spec, "a pattern that names shards, like /path/train-{000000..001281}.tar")
+    missing = missing_local_shards(urls)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"data.{key}: shard {missing[0]!r}{more} does not exist: create the shards with "
+                          "`python -m openmagvit2.data.make_shards` or fix the path.")
+
+
+@dataclass
+class WdsDataConfig(DataConfig):
+    """ImageNet as WebDataset tar shards written by `make shards` (python -m openmagvit2.data.make_shards).
+
+    Set IMAGENET_SHARDS or data.root to the folder holding train-*.tar, val-*.tar and their index JSONs."""
+
+    name: str = "imagenet_wds"
+    root: str = "${oc.env:IMAGENET_SHARDS,data/imagenet_shards}"
+    shards: str = "${.root}/train-{000000..001281}.tar"
+    val_shards: Optional[str] = "${.root}/val-{000000..000049}.tar"
+    shards_index: Optional[str] = None  # null = <dir>/<prefix>.json next to the shards (written by make_shards)
+    epoch_samples: Optional[int] = None  # samples per epoch over all ranks; null = the index's total
+    shuffle_buffer: int = 1000  # encoded samples held per loader worker (~110 kB each for ImageNet JPEGs)
+    shard_shuffle: bool = True  # reshuffle the shard order every epoch (from seed and epoch)
+    jpeg_draft: bool = False  # training only: JPEG downscale-on-decode (PIL draft): faster, slightly different
+
+    @property
+    def index_path(self) -> Optional[str]:
+        from openmagvit2.data.shards import default_index_path
+
+        return str(self.shards_index) if self.shards_index is not None else default_index_path(self.shards)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_shards("shards", self.shards, required=True)
+        _check_shards("val_shards", self.val_shards, required=False)
+        _int_at_least("data.shuffle_buffer", self.shuffle_buffer, 1)
+        if self.epoch_samples is None:
+            index = self.index_path
+            if index is None or not os.path.isfile(index):
+                raise ConfigError(f"data.shards_index: no shard index at {index!r} (make_shards writes one next to "
+                                  "the shards): set data.shards_index to it or data.epoch_samples to the sample count.")
+        else:
+            _int_at_least("data.epoch_samples", self.epoch_samples, 1)
+
+
+DATA_SOURCES: dict[str, type[DataConfig]] = {
+    "sample": SampleDataConfig, "imagenet_folder": FolderDataConfig, "imagenet_wds": WdsDataConfig}
+
+
+def data_config(data: DataConfig | DictConfig | dict) -> DataConfig:
+    """The validated, typed `data` group (a composed DictConfig, a dict, or already a typed object)."""
+    if isinstance(data, DataConfig):
+        return data
+    values = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
+    name = values.get("name")
+    if name not in DATA_SOURCES:
+        raise ConfigError(f"data.name={name!r} is invalid: expected one of {', '.join(DATA_SOURCES)} (choose data=...).")
+    try:
+        source = OmegaConf.merge(OmegaConf.structured(DATA_SOURCES[name]), values)
+    except OmegaConfBaseException as error:  # a key the source does not have, or a value of the wrong type
+        raise ConfigError(f"data.{error.full_key or ''}: {error.msg}") from None
+    return OmegaConf.to_object(source)
+
+
+# ------------------------------------------------------------------------------------------------------ optim / train
+SCHEDULES = ("constant", "cosine", "step")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class OptimConfig:
+    """Adam for generator and discriminator, as in the recipe: lr 1e-4, betas (0.5, 0.9), no weight decay."""
+
+    lr: float = 1e-4
+    disc_lr: float = II(".lr")
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine | step
+    warmup_steps: int = 0  # linear warm-up from 0 (any schedule)
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
+    drop_steps: List[int] = field(default_factory=list)  # step schedule: lr x drop_rate at each of these steps
+    drop_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(_is_number(self.lr) and self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        check(_is_number(self.disc_lr) and self.disc_lr > 0, "optim.disc_lr", self.disc_lr, "a number > 0")
+        check(len(self.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.betas), "optim.betas",
+              list(self.betas), "two numbers in [0, 1), e.g. [0.5, 0.9]")
+        check(_is_number(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
+              "a number >= 0")
+        _one_of("optim.schedule", self.schedule, SCHEDULES)
+        _int_at_least("optim.warmup_steps", self.warmup_steps, 0)
+        check(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio,
+              "a number in [0, 1]")
+        check(all(_is_int(s) and s >= 0 for s in self.drop_steps), "optim.drop_steps", list(self.drop_steps),
+              "a list of integers >= 0")
+        check(_is_number(self.drop_rate) and self.drop_rate > 0, "optim.drop_rate", self.drop_rate, "a number > 0")
+
+
+def _existing_file(key: str, value: Optional[str], what: str) -> None:
+    if value is not None and not Path(value).is_file():
+        raise ConfigError(f"{key}={value!r} is not a file; give {what}.")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batch, length, precision, cadence of logs, images, evaluations and checkpoints."""
+
+    batch_size: int = 8  # per process (per GPU); the global batch is batch_size x world size
+    global_batch_size: Optional[int] = None  # pin the images per step over all processes (checked at start)
+    max_steps: int = 1000
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses one GradScaler per optimiser)
+    grad_clip: Optional[float] = None  # max grad norm for both optimisers; null = off (the recipe)
+    ema_decay: Optional[float] = 0.999  # EMA of generator weights, warm-up min(decay, (1+n)/(10+n)); null = off
+    ckpt_every: int = 500
+    keep_last: int = 3  # checkpoints kept; 0 keeps every one
+    resume: str = "auto"  # auto: latest checkpoint in the run dir | never | /path/to/step_XXXXXXXX.pt
+    init_from: Optional[str] = None  # fine-tune: weights from our checkpoint or a released Open-MAGVIT2 .ckpt
+    init_use_ema: bool = True  # take the EMA copy of the generator when the file has one
+    log_every: int = 10
+    image_every: int = 500  # 0 = off
+    eval_every: int = 0  # 0 = only at the end
+    eval_images: int = 64  # size of the fixed val subset used during training
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the generator
+    detect_anomaly: bool = False
+
+    def __post_init__(self) -> None:
+        _int_at_least("train.batch_size", self.batch_size, 1, " (images per process)")
+        if self.global_batch_size is not None:
+            _int_at_least("train.global_batch_size", self.global_batch_size, 1, " (images per step), or null")
+        _int_at_least("train.max_steps", self.max_steps, 1)
+        _one_of("train.precision", self.precision, PRECISIONS)
+        check(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0), "train.grad_clip",
+              self.grad_clip, "null or a number > 0")
+        check(self.ema_decay is None or (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1), "train.ema_decay",
+              self.ema_decay, "null or a number in [0, 1)")
+        _int_at_least("train.ckpt_every", self.ckpt_every, 1, " (steps between checkpoints)")
+        _int_at_least("train.keep_last", self.keep_last, 0, " (0 keeps every checkpoint)")
+        _int_at_least("train.log_every", self.log_every, 1)
+        _int_at_least("train.image_every", self.image_every, 0, " (0 = off)")
+        _int_at_least("train.eval_every", self.eval_every, 0, " (0 = only at the end)")
+        _int_at_least("train.eval_images", self.eval_images, 1)
+        check(isinstance(self.resume, str) and self.resume != "", "train.resume", self.resume,
+              "auto, never, or a checkpoint path")
+        if self.resume not in ("auto", "never"):
+            _existing_file("train.resume", self.resume, "a checkpoint path, or auto / never")
+        _existing_file("train.init_from", self.init_from,
+                       "our checkpoint or a released Open-MAGVIT2 .ckpt (e.g. imagenet_256_L.ckpt)")
+
+
+def check_global_batch(batch_size: int, global_batch_size: Optional[int], world_size: int,
+                       layout: Optional[str] = None, processes_per_node: Optional[int] = None) -> None:
+    """Refuse a process count that does not give `train.global_batch_size` images per step.
+
+    `layout` describes the processes in the message (default "<world_size> process(es)"); with `processes_per_node`
+    the hint may suggest a node count."""
+    images = batch_size * world_size
+    if global_batch_size is None or images == global_batch_size:
+        return
+    if global_batch_size % world_size == 0:
+        hint = f"train.batch_size={global_batch_size // world_size}"
+    elif processes_per_node:
+        hint = f"cluster.nodes={global_batch_size // (processes_per_node * batch_size)}"
+    else:
+        hint = "another number of processes"
+    raise ConfigError(f"{layout or f'{world_size} process(es)'} x train.batch_size={batch_size} = {images} images "
+                      f"per step, but train.global_batch_size={global_batch_size}; set {hint} or change "
+                      f"train.global_batch_size (null trains with any batch).")
+
+
+# -------------------------------------------------------------------------------------------------- logger / cluster
+@dataclass
+class LoggerConfig:
+    """Weights & Biases. auto: online when an API key is configured, offline otherwise (`wandb sync` later)."""
+
+    mode: str = "auto"  # auto | online | offline | disabled
+    project: str = "openmagvit2"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the multirun sweep dir name for -m runs, else none
+    name: Optional[str] = None  # null: the run dir name
+    tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+
+
+_TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{2}))?(?::(\d{2}))?$")
+_MEMORY = re.compile(r"^\d+[KMGT]?$")
+
+
+def time_limit_seconds(limit: str) -> int:
+    """Seconds in a SLURM time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``)."""
+    match = _TIME_LIMIT.match(str(limit))
+    if not match:
+        raise ConfigError(f"cluster.time={limit!r} is not a SLURM time limit; write it as HH:MM:SS or D-HH:MM:SS.")
+    days, first, second, third = match.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if third is not None:  # HH:MM:SS
+        return (int(first) * 60 + int(second)) * 60 + int(third)
+    if second is not None:  # MM:SS
+        return int(first) * 60 + int(second)
+    return int(first) * 60  # MM
+
+
+@dataclass
+class ClusterConfig:
+    """Where `python -m openmagvit2.launch submit` runs a job (train.py itself ignores this group); docs/cluster.md."""
+
+    name: str = MISSING  # the conf/cluster option; named in the job script
+    launcher: str = "local"  # local: this shell (torchrun when processes_per_node > 1) | slurm: sbatch
+    job_name: Optional[str] = None  # null: <experiment_name>-<job>
+    account: Optional[str] = None  # sbatch --account
+    partition: Optional[str] = None  # sbatch --partition (null: the cluster's default partition)
+    qos: Optional[str] = None
+    constraint: Optional[str] = None  # e.g. a100|h100
+    time: str = "48:00:00"  # per attempt; pre-empted or timed-out attempts requeue and resume
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: a CPU job (device=cpu)
+    processes_per_node: int = 1  # one training process per GPU; > 1 locally: torchrun --nproc-per-node
+    cpus_per_task: int = 1  # data-loading workers + the main thread per process
+    mem: Optional[str] = None  # e.g. 480G per node; null: the partition's default
+    signal_lead_s: int = 300  # SIGUSR1 this long before the time limit: checkpoint, exit 75, requeue
+    max_requeues: int = 50  # a job requeues itself at most this many times
+    straggler_wait_s: int = 120  # srun kills the remaining processes this long after the first exits
+    run_root: str = "runs"  # run dirs: <run_root>/<experiment_name>/<date>/<time>; shared filesystem for SLURM
+    python: Optional[str] = None  # null: the interpreter running the launcher (same env on every node)
+    setup: List[str] = field(default_factory=list)  # shell lines before training, e.g. ["module load cuda/12.4"]
+    env: Dict[str, str] = field(default_factory=dict)  # exported in the job
+    sbatch_extra: List[str] = field(default_factory=list)  # more sbatch options, e.g. ["--exclusive"]
+    check_paths: bool = True  # refuse data paths that do not exist here (false when only compute nodes see them)
+
+    def __post_init__(self) -> None:
+        _one_of("cluster.launcher", self.launcher, ("local", "slurm"))
+        _int_at_least("cluster.nodes", self.nodes, 1, " (nodes in the allocation)")
+        _int_at_least("cluster.gpus_per_node", self.gpus_per_node, 0, " (GPUs per node; 0 for a CPU-only job)")
+        _int_at_least("cluster.processes_per_node", self.processes_per_node, 1,
+                      " (training processes per node, one per GPU)")
+        _int_at_least("cluster.cpus_per_task", self.cpus_per_task, 1, " (CPU cores per process, for data loading)")
+        _int_at_least("cluster.max_requeues", self.max_requeues, 0, " (how often a pre-empted job requeues itself)")
+        _int_at_least("cluster.straggler_wait_s", self.straggler_wait_s, 1,
+                      " (seconds srun waits for the other processes after the first exits)")
+        _int_at_least("cluster.signal_lead_s", self.signal_lead_s, 1,
+                      " (seconds before the time limit at which SIGUSR1 asks for a checkpoint)")
+        check(self.mem is None or bool(_MEMORY.match(str(self.mem))), "cluster.mem", self.mem,
+              "a size such as 480G, or null")
+        if self.launcher == "slurm":
+            limit_s = time_limit_seconds(self.time)
+            if self.signal_lead_s >= limit_s:
+                raise ConfigError(f"cluster.signal_lead_s={self.signal_lead_s} is not shorter than cluster.time="
+                                  f"{self.time} ({limit_s} s); lower the lead or raise the time limit.")
+
+
+# ------------------------------------------------------------------------------------------------------------- root
+@dataclass
+class RunConfig:
+    """The composed training config (conf/config.yaml): top-level keys plus one node per group."""
+
+    experiment_name: str = "default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = MISSING
+    quantizer: QuantizerConfig = MISSING
+    loss: LossConfig = MISSING
+    data: Any = MISSING  # one of the DATA_SOURCES dataclasses, chosen by `data=`
+    optim: OptimConfig = MISSING
+    logger: LoggerConfig = MISSING
+    cluster: ClusterConfig = MISSING
+
+    def __post_init__(self) -> None:
+        check(_is_int(self.seed), "seed", self.seed, "an integer")
+        _one_of("device", self.device, DEVICES)
+        if isinstance(self.data, DataConfig) and isinstance(self.model, ModelConfig):
+            factor = self.model.downsample_factor
+            check(self.data.image_size % factor == 0, "data.image_size", self.data.image_size,
+                  f"a multiple of the model's downsampling factor {factor}")
+
+
+def validate_config(cfg: DictConfig) -> RunConfig:
+    """Typed, checked objects from the composed training config; raises ConfigError for the first invalid value.
+
+    Also checks `train.global_batch_size` against the process count (WORLD_SIZE, or SLURM_NTASKS under srun)."""
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, RunConfig):
+        raise ConfigError("the training config does not start from config_schema: put `- config_schema` first in "
+                          "the defaults list of conf/config.yaml.")
+    config.data = data_config(config.data)
+    world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    check_global_batch(config.train.batch_size, config.train.global_batch_size, world_size)
+    return config
+
+
+def _register() -> None:
+    """Store the schemas in Hydra's ConfigStore; the YAML options name them in their defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=RunConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="quantizer", name="lfq_schema", node=QuantizerConfig)
+    cs.store(group="loss", name="loss_schema", node=LossConfig)
+    cs.store(group="optim", name="adam_schema", node=OptimConfig)
+    cs.store(group="logger", name="wandb_schema", node=LoggerConfig)
+    cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
+    for name, node in DATA_SOURCES.items():
+        cs.store(group="data", name=f"{name}_schema", node=node)
+
+
+_register()

@@ -17,13 +17,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
+from openmagvit2.paths import entry_script
+
 MIN_GAIN_DB = 1.0
 
 
 def _run(args: list[str]) -> None:
     print("+ python " + " ".join(args), flush=True)
-    completed = subprocess.run([sys.executable, *args], cwd=ROOT)
+    completed = subprocess.run([sys.executable, *args])
     if completed.returncode != 0:
         sys.exit(completed.returncode)
 
@@ -36,11 +37,11 @@ def main(argv: list[str]) -> int:
             run_dir = Path(arg.split("=", 1)[1])
         else:
             overrides.append(arg)
-    run_dir = run_dir if run_dir.is_absolute() else ROOT / run_dir
+    run_dir = run_dir.resolve()  # relative to the directory the demo was started from
 
-    _run(["train.py", "experiment=demo", f"hydra.run.dir={run_dir}", *overrides])
+    _run([str(entry_script("train")), "experiment=demo", f"hydra.run.dir={run_dir}", *overrides])
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    _run(["eval.py", f"ckpt={checkpoints[-1]}", "data=sample", "metrics=[psnr,ssim,usage]",
+    _run([str(entry_script("eval")), f"ckpt={checkpoints[-1]}", "data=sample", "metrics=[psnr,ssim,usage]",
           f"hydra.run.dir={run_dir / 'eval'}"])
 
     history = [json.loads(line) for line in (run_dir / "eval_history.jsonl").read_text().splitlines()]

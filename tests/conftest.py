@@ -6,24 +6,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import openmagvit2.config  # noqa: F401  (stores the config schemas in Hydra's ConfigStore)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
-# Tiny, fast settings for end-to-end runs on 2 CPU cores.
-FAST_OVERRIDES = [
-    "experiment=demo", "data.image_size=32", "train.batch_size=4", "train.eval_images=8", "train.log_every=1",
-    "train.image_every=0", "train.eval_every=0", "logger.mode=disabled", "data.num_workers=0",
-]
+# The CPU demo made tiny and quick for end-to-end runs on 2 CPU cores (conf/debug/fast.yaml).
+FAST = ["experiment=demo", "debug=fast"]
 
 
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
+
+
+def compose_group(group: str, option: str) -> DictConfig:
+    """One group option on its own (e.g. `data`, `sample`), typed by its schema, as the trainer composes it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=f"{group}/{option}")[group]
 
 
 def run_entry_point(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 300,
@@ -33,11 +37,6 @@ def run_entry_point(args: list[str], cwd: Path = ROOT, env: dict | None = None, 
                 **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-@pytest.fixture
-def fast_overrides() -> list[str]:
-    return list(FAST_OVERRIDES)
 
 
 class TinyFeatures(torch.nn.Module):

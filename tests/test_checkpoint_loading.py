@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from openmagvit2 import Tokenizer
-from openmagvit2.models import model_preset
+from openmagvit2.config import model_preset
 from openmagvit2.models.loading import ema_key
 
 REFERENCE_DETAILED = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE-DETAILED.md"  # ../shared in CI
@@ -174,3 +174,11 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
         assert_same_weights(loaded, tokenizer)
     with pytest.raises(FileNotFoundError, match="config.json"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_model_names_resolve_through_the_shipped_model_configs(tmp_path: Path) -> None:
+    raw = seeded_tokenizer(0, **model_preset("tiny"))
+    torch.save(released_checkpoint(raw, None), tmp_path / "tiny.ckpt")
+    loaded = Tokenizer.from_checkpoint(tmp_path / "tiny.ckpt", model="tiny", weights_only=False)
+    assert loaded.hparams == raw.hparams  # conf/model/tiny.yaml, plus the quantizer schema's defaults
+    assert_same_weights(loaded, raw)

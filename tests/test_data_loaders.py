@@ -9,15 +9,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from openmagvit2.data import build_train_loader, build_val_loader, validate_data_config
+from conftest import compose_group
+from openmagvit2.config import data_config
+from openmagvit2.data import build_train_loader, build_val_loader
 from openmagvit2.data.folder import scan_image_folder
 from openmagvit2.data.synthetic import broken_images, odd_images, write_image_folder
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "data")
 
 
 def sample_cfg(**overrides):
-    cfg = OmegaConf.load(os.path.join(CONF, "sample.yaml"))
+    cfg = compose_group("data", "sample")
     cfg.image_size = 16
     cfg.epoch_crops = 40
     cfg.val_crops = 12
@@ -46,7 +47,7 @@ def image_folder(tmp_path_factory):
 
 
 def folder_cfg(root, **overrides):
-    cfg = OmegaConf.load(os.path.join(CONF, "imagenet_folder.yaml"))
+    cfg = compose_group("data", "imagenet_folder")
     cfg.root = str(root)
     cfg.image_size = 16
     cfg.num_workers = 0
@@ -161,8 +162,8 @@ def test_folder_val_sees_every_image_once_across_ranks(image_folder):
 
 
 def test_shipped_configs_validate(image_folder):
-    validate_data_config(OmegaConf.load(os.path.join(CONF, "sample.yaml")))
-    validate_data_config(folder_cfg(image_folder))
+    data_config(compose_group("data", "sample"))
+    data_config(folder_cfg(image_folder))
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -175,14 +176,14 @@ def test_shipped_configs_validate(image_folder):
 ])
 def test_bad_sample_config_names_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        validate_data_config(sample_cfg(**overrides))
+        data_config(sample_cfg(**overrides))
 
 
 def test_missing_folders_name_the_key(tmp_path, image_folder):
     with pytest.raises(ValueError, match=r"data\.train_dir"):
-        validate_data_config(folder_cfg(tmp_path / "nowhere"))
+        data_config(folder_cfg(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match=r"data\.val_dir"):
-        validate_data_config(folder_cfg(image_folder, val_dir=str(tmp_path / "nowhere")))
+        data_config(folder_cfg(image_folder, val_dir=str(tmp_path / "nowhere")))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=r"data\.train_dir.*no images"):

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from openmagvit2.data import build_train_loader, build_val_loader, validate_data_config
+from conftest import compose_group
+from openmagvit2.config import data_config
+from openmagvit2.data import build_train_loader, build_val_loader
 from openmagvit2.data.make_shards import convert, main
 from openmagvit2.data.synthetic import broken_images, odd_images
 from openmagvit2.data.shards import ShardError, default_index_path, iter_shard
@@ -234,15 +236,15 @@ def test_unreadable_shard_is_an_error_naming_it(shards, tmp_path):
 
 def test_config_validation_names_missing_shards_and_index(shards, tmp_path):
     root, _, _ = shards
-    validate_data_config(wds_cfg(root))
+    data_config(wds_cfg(root))
     with pytest.raises(ValueError, match=r"data\.shards.*train-000008\.tar.*1 more"):
-        validate_data_config(wds_cfg(root, shards=str(root / "shards" / "train-{000000..000009}.tar")))
+        data_config(wds_cfg(root, shards=str(root / "shards" / "train-{000000..000009}.tar")))
     with pytest.raises(ValueError, match=r"data\.val_shards"):
-        validate_data_config(wds_cfg(root, val_shards=str(tmp_path / "val-{000000..000001}.tar")))
+        data_config(wds_cfg(root, val_shards=str(tmp_path / "val-{000000..000001}.tar")))
     (tmp_path / "x-000000.tar").write_bytes((root / "shards" / "train-000000.tar").read_bytes())
     with pytest.raises(ValueError, match=r"data\.shards_index"):
-        validate_data_config(wds_cfg(root, shards=str(tmp_path / "x-{000000..000000}.tar")))
-    validate_data_config(wds_cfg(root, shards=str(tmp_path / "x-{000000..000000}.tar"), epoch_samples=10))
+        data_config(wds_cfg(root, shards=str(tmp_path / "x-{000000..000000}.tar")))
+    data_config(wds_cfg(root, shards=str(tmp_path / "x-{000000..000000}.tar"), epoch_samples=10))
     with pytest.raises(ValueError, match="num_workers"):
         build_train_loader(wds_cfg(root, num_workers=5, shards=str(tmp_path / "x-{000000..000000}.tar"),
                                    epoch_samples=10), 2, 0, 2, seed=0)
@@ -264,10 +266,8 @@ def test_shards_are_plain_deterministic_tars(shards):
 
 
 def test_shipped_config_names_the_missing_shards(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
     monkeypatch.setenv("IMAGENET_SHARDS", str(tmp_path / "nowhere"))
-    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "data", "imagenet_wds.yaml"))
+    cfg = compose_group("data", "imagenet_wds")
     assert cfg.shards == str(tmp_path / "nowhere" / "train-{000000..001281}.tar")
     with pytest.raises(ValueError, match=r"data\.shards: shard .*train-000000\.tar.*1281 more"):
-        validate_data_config(cfg)
+        data_config(cfg)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import TinyFeatures
-from omegaconf import OmegaConf
 
 from openmagvit2 import weights
 from openmagvit2.eval import evaluate, reconstruction_grid, save_reconstruction_grid
@@ -22,6 +21,7 @@ from openmagvit2.eval.batch import EvalBatch
 from openmagvit2.eval.fid import FID, build_inception, prepare_for_inception
 from openmagvit2.eval.images import to_uint8
 from openmagvit2.eval.pixel import psnr_per_image, ssim_per_image
+from openmagvit2.config import SampleDataConfig, model_preset
 from openmagvit2.models import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,7 @@ CODEBOOK_BITS = 6
 
 def tiny_tokenizer(seed: int = 0) -> Tokenizer:
     torch.manual_seed(seed)
-    model_cfg = OmegaConf.load(ROOT / "conf/model/tiny.yaml")
-    quantizer_cfg = OmegaConf.load(ROOT / "conf/quantizer/lfq.yaml")
-    quantizer_cfg.codebook_bits = CODEBOOK_BITS
-    return Tokenizer.from_config(model_cfg, quantizer_cfg).eval()
+    return Tokenizer(**model_preset("tiny"), codebook_bits=CODEBOOK_BITS).eval()
 
 
 def image_batches(seed: int = 0, sizes: tuple[int, ...] = (4, 3, 5), size: int = 32) -> list[torch.Tensor]:
@@ -300,9 +297,7 @@ def test_eval_py_end_to_end_on_a_tiny_checkpoint(tmp_path, nproc):
                           f"hydra.run.dir={run_dir}"], tmp_path, nproc=nproc)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((run_dir / "metrics.json").read_text())
-    data_cfg = OmegaConf.load(ROOT / "conf/data/sample.yaml")
-    data_cfg.image_size = 32
-    expected = evaluate(ema, build_val_loader(data_cfg, 8, 0, 1, 24), ["psnr", "ssim", "usage"], "cpu")
+    expected = evaluate(ema, build_val_loader(SampleDataConfig(image_size=32), 8, 0, 1, 24), ["psnr", "ssim", "usage"], "cpu")
     assert saved["metrics"]["num_images"] == 24
     for key, value in expected.items():
         assert saved["metrics"][key] == pytest.approx(value, rel=1e-9), key

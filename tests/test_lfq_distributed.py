@@ -32,7 +32,7 @@ def make_inputs() -> tuple[torch.nn.Module, torch.Tensor]:
 def codebook_loss_and_grads(model: torch.nn.Module, images: torch.Tensor, across_ranks: bool
                             ) -> tuple[float, float, list[torch.Tensor]]:
     """Maximise the codebook entropy (the global term) once; return its value, the per-sample entropy, the grads."""
-    lfq = LFQ(BITS, entropy_across_ranks=across_ranks).train()
+    lfq = LFQ(codebook_bits=BITS, entropy_across_ranks=across_ranks).train()
     if across_ranks and dist.is_initialized():
         lfq.reduce_sum = sum_across_ranks_with_grad  # what the trainer passes in
     out = lfq(model(images))

@@ -156,7 +156,7 @@ def test_submitit_sweep_runs_each_job_as_a_slurm_job(cluster: SlurmCluster, tmp_
     sweep_dir = tmp_path / "sweep"
     env = {**cluster.env(), "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", "--config-dir", str(ROOT / "sweep"),
+        [sys.executable, str(ROOT / "train.py"), "-m",
          "hydra/launcher=submitit_slurm_local", f"hydra.sweep.dir={sweep_dir}", "experiment=demo",
          "quantizer.codebook_bits=4,6", "train.max_steps=1", "train.batch_size=2", "data.image_size=32",
          "train.eval_every=0", "train.image_every=0", "train.eval_images=2", "logger.mode=disabled",

@@ -1,5 +1,5 @@
-"""Hydra multirun sweeps: the sweep files in sweep/ compose against conf/, and a local 2 x 2 sweep of the demo
-produces four run directories with four distinct configs, each trained to completion."""
+"""Hydra multirun sweeps: the options of the conf/sweep/ group compose, and `python train.py sweep=demo` (a local 2 x 2
+sweep of the demo) produces four run directories with four distinct configs, each trained to completion."""
 from __future__ import annotations
 
 import itertools
@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP_DIR = ROOT / "sweep"
-SWEEP_FILES = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+from conftest import CONF_DIR, ROOT
+
+SWEEP_FILES = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 
 
 def compose_sweep(name: str, overrides: list[str] = ()):
-    """Compose a sweep file the way `train.py --config-dir sweep --config-name <name>` does (hydra node included)."""
-    # The primary config comes from sweep/; conf/ (train.py's own config path) supplies what it extends.
-    with initialize_config_dir(config_dir=str(SWEEP_DIR), version_base="1.3"):
-        return compose(config_name=name, return_hydra_config=True,
-                       overrides=[f"hydra.searchpath=[file://{ROOT / 'conf'}]", *overrides])
+    """Compose `sweep=<name>` the way `python train.py sweep=<name>` does (hydra node included)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", return_hydra_config=True, overrides=[f"sweep={name}", *overrides])
 
 
 def test_there_are_sweeps_for_the_demo_and_the_recipe() -> None:
@@ -33,6 +32,7 @@ def test_there_are_sweeps_for_the_demo_and_the_recipe() -> None:
 @pytest.mark.parametrize("name", SWEEP_FILES)
 def test_sweep_files_compose_and_sweep_existing_keys(name: str) -> None:
     cfg = compose_sweep(name)
+    assert cfg.hydra.mode == RunMode.MULTIRUN  # `sweep=<name>` alone starts the multirun
     params = cfg.hydra.sweeper.params
     assert len(params) >= 2
     for key, values in params.items():
@@ -51,15 +51,22 @@ def test_recipe_sweep_runs_on_32_gpus_per_job() -> None:
     assert cfg.loss.lecam_weight == 0.005 and cfg.data.name == "imagenet_wds"  # the experiment is applied
 
 
+def test_slurm_test_cluster_preset_composes_from_conf() -> None:
+    # tests/test_slurm_e2e.py runs `train.py -m hydra/launcher=submitit_slurm_local experiment=demo ...`.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=submitit_slurm_local", "experiment=demo"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.cpus_per_task) == (1, 1, 1)
+
+
 @pytest.mark.slow
 def test_local_multirun_2x2_gives_four_distinct_runs(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", "--config-dir", str(SWEEP_DIR), "--config-name", "demo",
-         f"hydra.sweep.dir={sweep_dir}", "train.max_steps=1", "train.batch_size=2", "data.image_size=32",
-         "train.eval_every=0", "train.image_every=0", "train.eval_images=2", "logger.mode=disabled",
-         "data.num_workers=0"],
+        [sys.executable, str(ROOT / "train.py"), "sweep=demo", "debug=fast", f"hydra.sweep.dir={sweep_dir}",
+         "train.max_steps=1", "train.batch_size=2", "train.eval_images=2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())

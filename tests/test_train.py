@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST_OVERRIDES, ROOT, compose_config, run_entry_point
-from openmagvit2.config import validate_config
+from conftest import FAST, ROOT, compose_config, run_entry_point
 from openmagvit2.train.checkpoint import latest_checkpoint, list_checkpoints, load
 from openmagvit2.train.signals import REQUEUE_EXIT_CODE
 
@@ -24,9 +23,7 @@ pytestmark = pytest.mark.slow
 def train_in_process(overrides: list[str], run_dir: Path) -> int:
     from train import train
 
-    cfg = compose_config(FAST_OVERRIDES + overrides)
-    validate_config(cfg)
-    return train(cfg, run_dir)
+    return train(compose_config(FAST + overrides), run_dir)  # train() validates the config first
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
@@ -78,7 +75,7 @@ def test_checkpoints_are_pruned_and_loadable_by_tokenizer(tmp_path: Path) -> Non
 
 def _start_training(run_dir: Path, max_steps: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "train.py", *FAST_OVERRIDES, f"train.max_steps={max_steps}",
+    return subprocess.Popen([sys.executable, "train.py", *FAST, f"train.max_steps={max_steps}",
                              "train.ckpt_every=100000", f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -102,7 +99,7 @@ def test_preemption_signal_checkpoints_and_next_start_resumes(tmp_path: Path, si
     saved_step = load(saved)["step"]
     assert saved_step >= 3 and not (tmp_path / "COMPLETED").exists()
 
-    result = run_entry_point(["train.py", *FAST_OVERRIDES, f"train.max_steps={saved_step + 2}",
+    result = run_entry_point(["train.py", *FAST, f"train.max_steps={saved_step + 2}",
                               "train.ckpt_every=100000", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resumed from {saved} at step {saved_step}" in result.stdout
@@ -132,11 +129,11 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path) -> No
 def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path: Path) -> None:
     common = ["train.max_steps=1", "train.ckpt_every=1", "train.ema_decay=null", "loss.disc_norm=none",
               "quantizer.entropy_across_ranks=true", "loss.disc_start=0", "data.num_workers=0"]
-    single = run_entry_point(["train.py", *FAST_OVERRIDES, *common, "train.batch_size=4",
+    single = run_entry_point(["train.py", *FAST, *common, "train.batch_size=4",
                               f"hydra.run.dir={tmp_path / 'single'}"])
     assert single.returncode == 0, single.stdout + single.stderr
     double = run_entry_point(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                              "train.py", *FAST_OVERRIDES, *common, "train.batch_size=2",
+                              "train.py", *FAST, *common, "train.batch_size=2",
                               f"hydra.run.dir={tmp_path / 'ddp'}"])
     assert double.returncode == 0, double.stdout + double.stderr
     a, b = load(latest_checkpoint(tmp_path / "single")), load(latest_checkpoint(tmp_path / "ddp"))
@@ -175,7 +172,7 @@ def test_fine_tuning_starts_from_a_released_checkpoints_ema_weights(tmp_path: Pa
     from openmagvit2.losses import build_discriminator
     from openmagvit2.models import Tokenizer
 
-    cfg = compose_config(FAST_OVERRIDES)
+    cfg = compose_config(FAST)
     torch.manual_seed(123)
     raw, ema = Tokenizer.from_config(cfg.model, cfg.quantizer), Tokenizer.from_config(cfg.model, cfg.quantizer)
     disc = build_discriminator(cfg.loss)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST_OVERRIDES, run_entry_point
+from conftest import FAST, run_entry_point
 from openmagvit2.data.make_shards import convert
 from openmagvit2.data.synthetic import broken_images
 from openmagvit2.train.checkpoint import checkpoint_path, latest_checkpoint, load
@@ -35,7 +35,7 @@ def make_image_folder(root: Path) -> None:
 
 def torchrun(run_dir: Path, shards: str, max_steps: int, port: int) -> None:
     result = run_entry_point(
-        ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py", *FAST_OVERRIDES,
+        ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py", *FAST,
          "data=imagenet_wds", f"data.shards='{shards}'", f"data.val_shards='{shards}'", "data.num_workers=0",
          "data.image_size=32", "data.shuffle_buffer=5", "train.batch_size=2", "loss.disc_start=0",
          "train.ema_decay=0.9", f"train.max_steps={max_steps}", "train.ckpt_every=3", "train.eval_images=4",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_OVERRIDES, run_entry_point
+from conftest import FAST, run_entry_point
 from openmagvit2.train.checkpoint import latest_checkpoint, load
 from openmagvit2.train.resume import ResumeMismatch
 from test_train import train_in_process
@@ -42,7 +42,7 @@ def test_architecture_changes_are_refused_naming_the_key(trained: Path, tmp_path
 
 def test_cli_refusal_is_one_line_with_exit_code_2(trained: Path, tmp_path: Path) -> None:
     run_dir = copy_run(trained, tmp_path / "run")
-    result = run_entry_point(["train.py", *FAST_OVERRIDES, "model.ch=64", "train.max_steps=4",
+    result = run_entry_point(["train.py", *FAST, "model.ch=64", "train.max_steps=4",
                               "train.ema_decay=0.9", f"hydra.run.dir={run_dir}"])
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "error: cannot resume" in result.stderr

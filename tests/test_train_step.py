@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import FAST_OVERRIDES, compose_config
+from conftest import FAST, compose_config
 from openmagvit2.losses import TokenizerLoss, build_discriminator
 from openmagvit2.models import Tokenizer
 from openmagvit2.train.distributed import DistributedContext, flags_across_ranks
@@ -17,7 +17,7 @@ CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device
 
 
 def tiny_gan(overrides: list[str]):
-    cfg = compose_config(FAST_OVERRIDES + ["optim.weight_decay=0"] + overrides)
+    cfg = compose_config(FAST + ["optim.weight_decay=0"] + overrides)
     torch.manual_seed(0)
     tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer)
     discriminator = build_discriminator(cfg.loss)

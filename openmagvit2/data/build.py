@@ -1,7 +1,8 @@
-"""Factories the trainer and eval code call: validate the data config, build train and val loaders.
+"""Factories the trainer and eval code call: the train and val loaders of the chosen data source.
 
 ``data.name`` picks the source: ``sample`` (bundled photos), ``imagenet_folder`` (ImageFolder layout on disk) or
-``imagenet_wds`` (WebDataset shards). See ``conf/data/*.yaml`` for every key and ``docs/data.md`` for the guarantees.
+``imagenet_wds`` (WebDataset shards). Their keys, defaults and checks are the dataclasses in ``openmagvit2/config.py``
+(one per source); ``docs/data.md`` describes the guarantees.
 """
 
 from __future__ import annotations
@@ -9,101 +10,18 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from openmagvit2.config import (ConfigError, DataConfig, FolderDataConfig, SampleDataConfig,
+                                WdsDataConfig, data_config)
 from .folder import FolderTrain, FolderVal, scan_image_folder
 from .loaders import MapStyleTrainLoader, MapStyleValLoader
-from .sample import SampleTrain, SampleVal, check_photo_names
-from .shards import default_index_path, expand_shards, missing_local_shards, read_index
+from .sample import SampleTrain, SampleVal
+from .shards import expand_shards, read_index
 from .wds import WdsTrainLoader, WdsValLoader
 
-SOURCES = ("sample", "imagenet_folder", "imagenet_wds")
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
-
-
-def _require_int(cfg: Any, key: str, minimum: int) -> int:
-    value = _get(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"data.{key}={value!r} is invalid: it must be an integer >= {minimum}.")
-    return value
-
-
-def _check_dir(cfg: Any, key: str, required: bool) -> None:
-    path = _get(cfg, key)
-    if path is None:
-        if required:
-            raise ValueError(f"data.{key} is not set: pass data.{key}=/path/to/images.")
-        return
-    if not os.path.isdir(str(path)):
-        raise ValueError(f"data.{key}={str(path)!r} does not exist or is not a directory: set data.{key} "
-                         "(or data.root) to your image folder.")
-
-
-def _check_shards(cfg: Any, key: str, required: bool) -> None:
-    spec = _get(cfg, key)
-    if spec is None:
-        if required:
-            raise ValueError(f"data.{key} is not set: pass data.{key}='/path/train-{{000000..001281}}.tar'.")
-        return
-    try:
-        urls = expand_shards(spec)
-    except ValueError as error:
-        raise ValueError(f"data.{key}={spec!r} is not a valid shard pattern ({error}).") from error
-    if not urls:
-        raise ValueError(f"data.{key}={spec!r} names no shards: use a pattern like /path/train-{{000000..001281}}.tar.")
-    missing = missing_local_shards(urls)
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(f"data.{key}: shard {missing[0]!r}{more} does not exist: create the shards with "
-                         "`python -m openmagvit2.data.make_shards` or fix the path.")
-
-
-def _index_path(cfg: Any) -> str | None:
-    explicit = _get(cfg, "shards_index")
-    return str(explicit) if explicit is not None else default_index_path(_get(cfg, "shards"))
-
-
-def validate_data_config(data_cfg: Any) -> None:
-    """Check ``data.*`` before anything expensive starts; raise ``ValueError`` with one sentence naming the key."""
-    name = _get(data_cfg, "name")
-    if name not in SOURCES:
-        raise ValueError(f"data.name={name!r} is unknown: choose data={'|'.join(SOURCES)}.")
-    _require_int(data_cfg, "image_size", 8)
-    _require_int(data_cfg, "num_workers", 0)
-    if not isinstance(_get(data_cfg, "hflip", False), bool):
-        raise ValueError(f"data.hflip={_get(data_cfg, 'hflip')!r} must be true or false.")
-    if name == "sample":
-        check_photo_names(list(_get(data_cfg, "train_photos", [])), list(_get(data_cfg, "val_photos", [])))
-        _require_int(data_cfg, "epoch_crops", 1)
-        _require_int(data_cfg, "val_crops", 1)
-        low, high = (float(v) for v in _get(data_cfg, "crop_scale", (0.25, 0.75)))
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"data.crop_scale=[{low}, {high}] is invalid: it needs 0 < low <= high <= 1.")
-    elif name == "imagenet_folder":
-        _check_dir(data_cfg, "train_dir", required=True)
-        _check_dir(data_cfg, "val_dir", required=False)
-    else:
-        _check_shards(data_cfg, "shards", required=True)
-        _check_shards(data_cfg, "val_shards", required=False)
-        _require_int(data_cfg, "shuffle_buffer", 1)
-        if _get(data_cfg, "epoch_samples") is None:
-            index = _index_path(data_cfg)
-            if index is None or not os.path.isfile(index):
-                raise ValueError(f"data.shards_index: no shard index at {index!r} (make_shards writes one next to the "
-                                 "shards): set data.shards_index to it or data.epoch_samples to the sample count.")
-        else:
-            _require_int(data_cfg, "epoch_samples", 1)
-
-
-def _wds_counts(data_cfg: Any, urls: list[str]) -> tuple[list[int] | None, int]:
+def _wds_counts(data_cfg: WdsDataConfig, urls: list[str]) -> tuple[list[int] | None, int]:
     """Per-shard sample counts from the index (None without a usable index) and the samples per epoch."""
-    explicit = _get(data_cfg, "epoch_samples")
-    index_path = _index_path(data_cfg)
+    explicit = data_cfg.epoch_samples
+    index_path = data_cfg.index_path
     counts = None
     if index_path is not None and os.path.isfile(index_path):
         listed = {shard["name"]: int(shard["count"]) for shard in read_index(index_path)["shards"]}
@@ -118,53 +36,48 @@ def _wds_counts(data_cfg: Any, urls: list[str]) -> tuple[list[int] | None, int]:
     return counts, total
 
 
-def build_train_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int,
+def build_train_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, rank: int, world_size: int,
                        seed: int) -> MapStyleTrainLoader | WdsTrainLoader:
     """The endless training loader of ``data.name`` for this rank: iterate for float ``b 3 H W`` batches in [-1, 1].
 
-    The object has ``epoch_size`` (batches per epoch, equal on every rank), ``state_dict()``, ``load_state_dict()``
-    and ``stats()``.
+    ``data_cfg`` is the typed ``data`` group (a composed node or a dict is checked first). The object has
+    ``epoch_size`` (batches per epoch, equal on every rank), ``state_dict()``, ``load_state_dict()`` and ``stats()``.
     """
-    validate_data_config(data_cfg)
-    name = _get(data_cfg, "name")
-    size = int(_get(data_cfg, "image_size"))
-    hflip = bool(_get(data_cfg, "hflip", False))
-    workers = int(_get(data_cfg, "num_workers", 0))
-    if name == "sample":
-        source = SampleTrain(list(_get(data_cfg, "train_photos")), size, int(_get(data_cfg, "epoch_crops")),
-                             tuple(float(v) for v in _get(data_cfg, "crop_scale", (0.25, 0.75))), hflip)
-        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, workers, name)
-    if name == "imagenet_folder":
-        listing = scan_image_folder(str(_get(data_cfg, "train_dir")), "data.train_dir")
-        source = FolderTrain(listing, size, hflip, bool(_get(data_cfg, "jpeg_draft", False)))
-        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, workers, name)
-    urls = expand_shards(_get(data_cfg, "shards"))
-    counts, total = _wds_counts(data_cfg, urls)
-    return WdsTrainLoader(urls, counts=counts, total_samples=total, image_size=size, hflip=hflip,
-                          draft=bool(_get(data_cfg, "jpeg_draft", False)),
-                          shuffle_buffer=int(_get(data_cfg, "shuffle_buffer", 1000)),
-                          shard_shuffle=bool(_get(data_cfg, "shard_shuffle", True)), batch_size=batch_size,
-                          rank=rank, world_size=world_size, seed=seed, num_workers=workers)
+    data = data_config(data_cfg)
+    if isinstance(data, SampleDataConfig):
+        source = SampleTrain(list(data.train_photos), data.image_size, data.epoch_crops,
+                             tuple(float(v) for v in data.crop_scale), data.hflip)
+        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, data.num_workers, data.name)
+    if isinstance(data, FolderDataConfig):
+        listing = scan_image_folder(str(data.train_dir), "data.train_dir")
+        source = FolderTrain(listing, data.image_size, data.hflip, data.jpeg_draft)
+        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, data.num_workers, data.name)
+    urls = expand_shards(data.shards)
+    counts, total = _wds_counts(data, urls)
+    return WdsTrainLoader(urls, counts=counts, total_samples=total, image_size=data.image_size, hflip=data.hflip,
+                          draft=data.jpeg_draft, shuffle_buffer=data.shuffle_buffer,
+                          shard_shuffle=data.shard_shuffle, batch_size=batch_size,
+                          rank=rank, world_size=world_size, seed=seed, num_workers=data.num_workers)
 
 
-def build_val_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int,
+def build_val_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, rank: int, world_size: int,
                      max_images: int | None = None) -> MapStyleValLoader | WdsValLoader:
     """The ordered validation loader (centre crops, float ``b 3 H W``): one pass, each image once across ranks.
 
     ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip count.
     """
-    validate_data_config(data_cfg)
-    name = _get(data_cfg, "name")
-    size = int(_get(data_cfg, "image_size"))
-    workers = int(_get(data_cfg, "num_workers", 0))
-    if name == "sample":
-        source = SampleVal(list(_get(data_cfg, "val_photos")), size, int(_get(data_cfg, "val_crops")),
-                           tuple(float(v) for v in _get(data_cfg, "crop_scale", (0.25, 0.75))))
-        return MapStyleValLoader(source, batch_size, rank, world_size, workers, max_images, name)
-    if name == "imagenet_folder":
-        _check_dir(data_cfg, "val_dir", required=True)
-        listing = scan_image_folder(str(_get(data_cfg, "val_dir")), "data.val_dir")
-        return MapStyleValLoader(FolderVal(listing, size), batch_size, rank, world_size, workers, max_images, name)
-    _check_shards(data_cfg, "val_shards", required=True)
-    return WdsValLoader(expand_shards(_get(data_cfg, "val_shards")), image_size=size, batch_size=batch_size,
-                        rank=rank, world_size=world_size, num_workers=workers, max_images=max_images)
+    data = data_config(data_cfg)
+    if isinstance(data, SampleDataConfig):
+        source = SampleVal(list(data.val_photos), data.image_size, data.val_crops,
+                           tuple(float(v) for v in data.crop_scale))
+        return MapStyleValLoader(source, batch_size, rank, world_size, data.num_workers, max_images, data.name)
+    if isinstance(data, FolderDataConfig):
+        if data.val_dir is None:
+            raise ConfigError("data.val_dir is not set: pass data.val_dir=/path/to/images.")
+        listing = scan_image_folder(str(data.val_dir), "data.val_dir")
+        return MapStyleValLoader(FolderVal(listing, data.image_size), batch_size, rank, world_size, data.num_workers,
+                                 max_images, data.name)
+    if data.val_shards is None:
+        raise ConfigError("data.val_shards is not set: pass data.val_shards='/path/val-{000000..000049}.tar'.")
+    return WdsValLoader(expand_shards(data.val_shards), image_size=data.image_size, batch_size=batch_size,
+                        rank=rank, world_size=world_size, num_workers=data.num_workers, max_images=max_images)

@@ -2,7 +2,9 @@
 
 Everything a user can get wrong about an allocation is refused here, before a script is written or a job queued:
 a process layout that does not match the batch plan, GPUs per node 0 for a GPU run, a data path that does not exist,
-a malformed time limit.  Each refusal is one sentence that names the key and what to change.
+a malformed time limit.  Each refusal is one sentence that names the key and what to change.  The bounds of each
+``cluster.*`` key are the config schema's (``openmagvit2.config.ClusterConfig``); this module adds the checks that
+combine the cluster with the rest of the config (device, batch plan, paths).
 """
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_DIR = REPO_DIR / "conf"
-TEMPLATE_DIR = REPO_DIR / "launch"
+from openmagvit2.config import ClusterConfig, ConfigError, check_global_batch
+from openmagvit2.config import time_limit_seconds  # noqa: F401  (re-exported: callers import it from here)
+from openmagvit2.paths import conf_dir, template_dir
+
+DEFAULT_CONFIG_DIR = conf_dir()
+TEMPLATE_DIR = template_dir()
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,9 @@ DATA_PATH_KEYS = ("root", "train_dir", "val_dir", "shards", "val_shards", "path"
 # Overrides the job script sets itself (the run dir is fixed at render time so that requeued attempts reuse it).
 _SCRIPT_OWNED = ("hydra.run.dir", "train.resume")
 _SBATCH_TOKEN = re.compile(r"^[A-Za-z0-9_.,:+=@%&|\[\]*/-]+$")
-_TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{2}))?(?::(\d{2}))?$")
-_MEMORY = re.compile(r"^\d+[KMGT]?$")
 
-
-class LaunchError(ValueError):
-    """A launch that cannot work as configured; the message says what is wrong and how to fix it."""
+# A launch that cannot work as configured is a config error like any other (one type, one place).
+LaunchError = ConfigError
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
             owned[key] = value
         elif override in ("-m", "--multirun"):
             raise LaunchError("multirun sweeps are not submitted through this command; run "
-                              "`python train.py -m hydra/launcher=submitit_slurm ...` instead (see sweep/README.md).")
+                              "`python train.py sweep=<name> hydra/launcher=submitit_32gpu ...` instead (see conf/sweep/README.md).")
         else:
             kept.append(override)
     return kept, owned
@@ -189,29 +191,6 @@ def make_plan(job: str, overrides: list[str], config_dir: Path = DEFAULT_CONFIG_
     )
 
 
-def time_limit_seconds(limit: str) -> int:
-    """Seconds in a SLURM time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``)."""
-    match = _TIME_LIMIT.match(str(limit))
-    if not match:
-        raise LaunchError(f"cluster.time={limit!r} is not a SLURM time limit; write it as HH:MM:SS or D-HH:MM:SS.")
-    days, first, second, third = match.groups()
-    if days is not None:  # D-HH[:MM[:SS]]
-        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
-        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
-    if third is not None:  # HH:MM:SS
-        return (int(first) * 60 + int(second)) * 60 + int(third)
-    if second is not None:  # MM:SS
-        return int(first) * 60 + int(second)
-    return int(first) * 60  # MM
-
-
-def _require_int(cluster: dict[str, Any], key: str, minimum: int, meaning: str) -> int:
-    value = cluster.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise LaunchError(f"cluster.{key}={value!r} is invalid: expected an integer >= {minimum} ({meaning}).")
-    return value
-
-
 def _missing_paths(value: Any, workdir: Path) -> list[str]:
     """Local paths named by a data key that do not exist (brace patterns expanded; URLs and pipes skipped).
 
@@ -230,62 +209,37 @@ def _missing_paths(value: Any, workdir: Path) -> list[str]:
 
 
 def _validate_layout(plan: LaunchPlan) -> None:
-    c = plan.cluster
-    if c.get("launcher") not in ("slurm", "local"):
-        raise LaunchError(f"cluster.launcher={c.get('launcher')!r} is invalid: expected slurm or local.")
-    nodes = _require_int(c, "nodes", 1, "nodes in the allocation")
-    gpus = _require_int(c, "gpus_per_node", 0, "GPUs per node; 0 for a CPU-only job")
-    if gpus == 0 and plan.device != "cpu":
+    # First (processes_per_node follows gpus_per_node in the SLURM configs, so 0 GPUs would read as 0 processes):
+    if plan.cluster.get("gpus_per_node") == 0 and plan.device != "cpu":
         raise LaunchError(f"cluster.gpus_per_node=0 but device={plan.device}: ask for GPUs (e.g. "
                           "cluster.gpus_per_node=8) or run on CPU with device=cpu.")
-    procs = _require_int(c, "processes_per_node", 1, "training processes per node, one per GPU")
-    _require_int(c, "cpus_per_task", 1, "CPU cores per process, for data loading")
+    cluster = ClusterConfig(**plan.cluster)  # the schema's bounds of every cluster.* key
+    gpus, procs = cluster.gpus_per_node, cluster.processes_per_node
     if gpus > 0 and plan.device == "cpu":
         raise LaunchError(f"device=cpu but cluster.gpus_per_node={gpus}: set device=cuda, or "
                           "cluster.gpus_per_node=0 for a CPU-only job.")
     if gpus > 0 and procs != gpus:
         raise LaunchError(f"cluster.processes_per_node={procs} must equal cluster.gpus_per_node={gpus} (one training "
                           f"process per GPU); set cluster.processes_per_node={gpus}.")
-    if c["launcher"] == "local" and nodes != 1:
-        raise LaunchError(f"cluster={c.get('name')} runs on this machine, so cluster.nodes must be 1 (got {nodes}); "
-                          "use a SLURM cluster config for several nodes.")
+    if cluster.launcher == "local" and cluster.nodes != 1:
+        raise LaunchError(f"cluster={cluster.name} runs on this machine, so cluster.nodes must be 1 (got "
+                          f"{cluster.nodes}); use a SLURM cluster config for several nodes.")
 
 
 def _validate_batch_plan(plan: LaunchPlan) -> None:
-    if plan.job != "train" or plan.global_batch_size is None or plan.batch_size is None:
+    if plan.job != "train" or plan.batch_size is None:
         return
-    images = plan.world_size * plan.batch_size
-    if images != plan.global_batch_size:
-        nodes, procs = plan.cluster["nodes"], plan.tasks_per_node
-        per_process = plan.global_batch_size / plan.world_size
-        hint = (f"train.batch_size={int(per_process)}" if per_process.is_integer()
-                else f"cluster.nodes={plan.global_batch_size // (procs * plan.batch_size)}")
-        raise LaunchError(f"{nodes} node(s) x {procs} process(es) x train.batch_size={plan.batch_size} = {images} "
-                          f"images per step, but train.global_batch_size={plan.global_batch_size}; set {hint} or "
-                          f"change train.global_batch_size.")
+    check_global_batch(plan.batch_size, plan.global_batch_size, plan.world_size,
+                       layout=f"{plan.cluster['nodes']} node(s) x {plan.tasks_per_node} process(es)",
+                       processes_per_node=plan.tasks_per_node)
 
 
 def _validate_slurm_options(plan: LaunchPlan) -> None:
-    c = plan.cluster
     for key in ("job_name", "partition", "account", "qos", "constraint"):
-        value = c.get(key)
+        value = plan.cluster.get(key)
         if value is not None and not _SBATCH_TOKEN.match(str(value)):
             raise LaunchError(f"cluster.{key}={value!r} contains spaces or quotes, which #SBATCH lines cannot carry; "
                               "use letters, digits and - _ . only.")
-    if c.get("mem") is not None and not _MEMORY.match(str(c["mem"])):
-        raise LaunchError(f"cluster.mem={c['mem']!r} is invalid: expected a size such as 480G, or null.")
-    limit_s = time_limit_seconds(str(c.get("time")))
-    lead_s = _require_int(c, "signal_lead_s", 1, "seconds before the time limit at which SIGUSR1 asks for a checkpoint")
-    if lead_s >= limit_s:
-        raise LaunchError(f"cluster.signal_lead_s={lead_s} is not shorter than cluster.time={c['time']} "
-                          f"({limit_s} s); lower the lead or raise the time limit.")
-    _require_int(c, "max_requeues", 0, "how often a pre-empted job requeues itself")
-    _require_int(c, "straggler_wait_s", 1, "seconds srun waits for the other processes after the first exits")
-    for key in ("setup", "sbatch_extra"):
-        if not isinstance(c.get(key, []), list):
-            raise LaunchError(f"cluster.{key} must be a list of strings, e.g. [\"module load cuda\"].")
-    if not isinstance(c.get("env", {}), dict):
-        raise LaunchError("cluster.env must be a mapping of environment variables, e.g. {NCCL_DEBUG: WARN}.")
 
 
 def _validate_paths(plan: LaunchPlan) -> None:

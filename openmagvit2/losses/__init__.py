@@ -1,7 +1,7 @@
 """Losses of the tokenizer recipe: PatchGAN discriminator, GAN losses, LeCam, LPIPS, and `TokenizerLoss`."""
 from openmagvit2.losses.adversarial import (adaptive_generator_weight, adopt_weight, hinge_d_loss,
                                             non_saturating_g_loss)
-from openmagvit2.losses.config import LossConfig, validate_loss_config
+from openmagvit2.losses.config import LossConfig
 from openmagvit2.losses.discriminator import (NLayerDiscriminator, build_discriminator, init_discriminator_weights,
                                               released_discriminator_state)
 from openmagvit2.losses.lecam import LeCamEMA
@@ -11,5 +11,5 @@ from openmagvit2.losses.tokenizer_loss import TokenizerLoss
 __all__ = [
     "LeCamEMA", "LossConfig", "NLayerDiscriminator", "TokenizerLoss", "adaptive_generator_weight", "adopt_weight",
     "build_discriminator", "build_perceptual_loss", "freeze", "hinge_d_loss", "init_discriminator_weights",
-    "non_saturating_g_loss", "released_discriminator_state", "validate_loss_config",
+    "non_saturating_g_loss", "released_discriminator_state",
 ]

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from openmagvit2.models.presets import model_preset
+from openmagvit2.config import model_preset
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from openmagvit2.models.entropy import check_entropy_bits, codebook_signs, entropy_terms, tokens_last
+from openmagvit2.config import BIT_ORDERS, QuantizerConfig, check
+from openmagvit2.models.entropy import codebook_signs, entropy_terms, tokens_last
 
 BitOrder = Literal["lsb_first", "msb_first"]
-BIT_ORDERS = ("lsb_first", "msb_first")
-MAX_CODEBOOK_BITS = 30  # indices must stay exact in int64 and in float32 code tables of the AR stage
+_LFQ = QuantizerConfig()  # the schema's defaults (the Open-MAGVIT2 recipe)
 
 
 class LFQOutput(NamedTuple):
@@ -50,19 +50,17 @@ class LFQ(nn.Module):
     # A differentiable sum over ranks, set by the trainer when entropy_across_ranks is on (None: local batch).
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def __init__(self, codebook_bits: int = 18, bit_order: BitOrder = "lsb_first", entropy_temperature: float = 0.01,
-                 entropy_eps: float = 1e-5, sample_minimization_weight: float = 1.0,
-                 batch_maximization_weight: float = 1.0, entropy_across_ranks: bool = False) -> None:
+    def __init__(self, *, codebook_bits: int = _LFQ.codebook_bits, bit_order: BitOrder = "lsb_first",
+                 entropy_temperature: float = _LFQ.entropy_temperature, entropy_eps: float = _LFQ.entropy_eps,
+                 sample_minimization_weight: float = _LFQ.sample_minimization_weight,
+                 batch_maximization_weight: float = _LFQ.batch_maximization_weight,
+                 entropy_across_ranks: bool = _LFQ.entropy_across_ranks) -> None:
         super().__init__()
-        if not 1 <= int(codebook_bits) <= MAX_CODEBOOK_BITS:
-            raise ValueError(f"quantizer.codebook_bits={codebook_bits} is out of range: use 1..{MAX_CODEBOOK_BITS} "
-                             f"(18 in the Open-MAGVIT2 recipe).")
-        if bit_order not in BIT_ORDERS:
-            raise ValueError(f"bit_order={bit_order!r} is unknown: use 'lsb_first' (v2/v3 releases) or 'msb_first' (v1).")
-        if entropy_temperature <= 0:
-            raise ValueError(f"quantizer.entropy_temperature={entropy_temperature} must be > 0 (0.01 in the recipe).")
-        if sample_minimization_weight or batch_maximization_weight:
-            check_entropy_bits(int(codebook_bits))
+        # The bounds live in the config schema (one place); constructing it checks them.
+        QuantizerConfig(codebook_bits=codebook_bits, entropy_temperature=entropy_temperature, entropy_eps=entropy_eps,
+                        sample_minimization_weight=sample_minimization_weight,
+                        batch_maximization_weight=batch_maximization_weight, entropy_across_ranks=entropy_across_ranks)
+        check(bit_order in BIT_ORDERS, "bit_order", bit_order, "lsb_first (v2/v3 releases) or msb_first (v1)")
         self.codebook_bits = int(codebook_bits)
         self.bit_order = bit_order
         self.entropy_temperature = float(entropy_temperature)

@@ -5,23 +5,22 @@ released `encoder.*` / `decoder.*` keys.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from openmagvit2.config import ModelConfig, QuantizerConfig
 from openmagvit2.models.decoder import Decoder
 from openmagvit2.models.encoder import Encoder
 from openmagvit2.models.quantizer import LFQ, LFQOutput
 
-# Hyper-parameters that define a Tokenizer, with their defaults (the released quantizer settings).
-ARCHITECTURE_KEYS = ("ch", "ch_mult", "num_res_blocks", "adaptive_norm", "bit_order", "in_channels", "out_channels")
-QUANTIZER_DEFAULTS: dict[str, Any] = {"codebook_bits": 18, "entropy_temperature": 0.01, "entropy_eps": 1e-5,
-                                          "sample_minimization_weight": 1.0, "batch_maximization_weight": 1.0,
-                                          "entropy_across_ranks": False}
-HPARAM_KEYS = ARCHITECTURE_KEYS + tuple(QUANTIZER_DEFAULTS)
+# The keyword defaults below are the schema's (openmagvit2/config.py), so they are written in one place.
+_ARCH = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+_LFQ = QuantizerConfig()
 
 
 class TokenizerOutput(NamedTuple):
@@ -38,58 +37,41 @@ class TokenizerEncoding(NamedTuple):
     indices: torch.Tensor
 
 
-def normalize_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain, validated, JSON-able hyper-parameters from a dict or DictConfig (a `name` key is ignored).
-
-    `z_channels` (the upstream name) is accepted when it equals `codebook_bits`.
-    """
-    values = {key: value for key, value in _plain(hparams).items() if key != "name"}
-    z_channels = values.pop("z_channels", None)
-    unknown = sorted(set(values) - set(HPARAM_KEYS))
-    if unknown:
-        raise ValueError(f"unknown tokenizer hyper-parameter(s) {unknown}: allowed keys are {list(HPARAM_KEYS)}.")
-    missing = [key for key in ("ch", "ch_mult", "num_res_blocks") if key not in values]
-    if missing:
-        raise ValueError(f"tokenizer hyper-parameter(s) {missing} are missing: pass them or use a model config "
-                         f"such as model='openmagvit2_v3_256_large'.")
-    merged = {**QUANTIZER_DEFAULTS, "adaptive_norm": False, "bit_order": "lsb_first", "in_channels": 3,
-              "out_channels": 3, **values}
-    if z_channels is not None and int(z_channels) != int(merged["codebook_bits"]):
-        raise ValueError(f"z_channels={z_channels} differs from codebook_bits={merged['codebook_bits']}: the LFQ "
-                         f"quantizes one bit per channel, so set them equal.")
-    ch_mult = [int(m) for m in merged["ch_mult"]]
-    if not ch_mult or min(ch_mult) < 1 or int(merged["ch"]) < 1 or int(merged["num_res_blocks"]) < 1:
-        raise ValueError(f"model.ch={merged['ch']}, model.ch_mult={ch_mult} and model.num_res_blocks="
-                         f"{merged['num_res_blocks']} must be positive (ch_mult a non-empty list).")
-    return {
-        "ch": int(merged["ch"]), "ch_mult": ch_mult, "num_res_blocks": int(merged["num_res_blocks"]),
-        "adaptive_norm": bool(merged["adaptive_norm"]), "bit_order": str(merged["bit_order"]),
-        "in_channels": int(merged["in_channels"]), "out_channels": int(merged["out_channels"]),
-        "codebook_bits": int(merged["codebook_bits"]), "entropy_temperature": float(merged["entropy_temperature"]),
-        "entropy_eps": float(merged["entropy_eps"]),
-        "sample_minimization_weight": float(merged["sample_minimization_weight"]),
-        "batch_maximization_weight": float(merged["batch_maximization_weight"]),
-        "entropy_across_ranks": bool(merged["entropy_across_ranks"])}
-
-
 class Tokenizer(nn.Module):
     """MAGVIT-2 image tokenizer. Images `b 3 H W` in [-1, 1], H and W multiples of `downsample_factor`.
 
-    Build it from hyper-parameters (`Tokenizer(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=4, ...)`), from the
-    Hydra groups (`Tokenizer.from_config(cfg.model, cfg.quantizer)`), or from a file (`Tokenizer.from_checkpoint`).
+    Build it from keyword hyper-parameters (`Tokenizer(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=4, ...)`;
+    defaults are the schema's, `openmagvit2.config.ModelConfig` / `QuantizerConfig`), from the typed config groups
+    (`Tokenizer.from_config(config.model, config.quantizer)`), or from a file (`Tokenizer.from_checkpoint`).
     The model is fully convolutional: a 128-trained model runs at 256 or 512 (more tokens).
     """
 
-    def __init__(self, **hparams: Any) -> None:
+    def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
+                 adaptive_norm: bool = _ARCH["adaptive_norm"],  # adaptive GroupNorm in the decoder (v2/v3 Large)
+                 bit_order: str = _ARCH["bit_order"],  # lsb_first (v2/v3) | msb_first (v1)
+                 in_channels: int = _ARCH["in_channels"], out_channels: int = _ARCH["out_channels"],
+                 codebook_bits: int = _LFQ.codebook_bits,  # z channels = bits per token
+                 entropy_temperature: float = _LFQ.entropy_temperature,
+                 entropy_eps: float = _LFQ.entropy_eps,
+                 sample_minimization_weight: float = _LFQ.sample_minimization_weight,
+                 batch_maximization_weight: float = _LFQ.batch_maximization_weight,
+                 entropy_across_ranks: bool = _LFQ.entropy_across_ranks) -> None:
         super().__init__()
-        self._hparams = normalize_hparams(hparams)
-        h = self._hparams
-        self.encoder = Encoder(h["ch"], h["ch_mult"], h["num_res_blocks"], h["codebook_bits"], h["in_channels"])
-        self.decoder = Decoder(h["ch"], h["ch_mult"], h["num_res_blocks"], h["codebook_bits"], h["out_channels"],
-                               adaptive_norm=h["adaptive_norm"])
-        self.quantizer = LFQ(h["codebook_bits"], h["bit_order"], h["entropy_temperature"], h["entropy_eps"],
-                             h["sample_minimization_weight"], h["batch_maximization_weight"],
-                             h["entropy_across_ranks"])
+        # The schema checks the architecture's bounds (the LFQ checks its own); the values are stored as plain types.
+        arch = ModelConfig(ch=ch, ch_mult=list(ch_mult), num_res_blocks=num_res_blocks, adaptive_norm=adaptive_norm,
+                           bit_order=bit_order, in_channels=in_channels, out_channels=out_channels)
+        self.encoder = Encoder(ch, arch.ch_mult, num_res_blocks, codebook_bits, in_channels)
+        self.decoder = Decoder(ch, arch.ch_mult, num_res_blocks, codebook_bits, out_channels,
+                               adaptive_norm=adaptive_norm)
+        self.quantizer = LFQ(codebook_bits=codebook_bits, bit_order=bit_order, entropy_temperature=entropy_temperature,
+                             entropy_eps=entropy_eps, sample_minimization_weight=sample_minimization_weight,
+                             batch_maximization_weight=batch_maximization_weight,
+                             entropy_across_ranks=entropy_across_ranks)
+        q = self.quantizer
+        self._hparams = {
+            **dataclasses.asdict(arch), "codebook_bits": q.codebook_bits, "entropy_temperature": q.entropy_temperature,
+            "entropy_eps": q.entropy_eps, "sample_minimization_weight": q.sample_minimization_weight,
+            "batch_maximization_weight": q.batch_maximization_weight, "entropy_across_ranks": q.entropy_across_ranks}
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -102,18 +84,12 @@ class Tokenizer(nn.Module):
         return 2 ** (len(self._hparams["ch_mult"]) - 1)
 
     @classmethod
-    def from_config(cls, model_cfg: Mapping[str, Any], quantizer_cfg: Mapping[str, Any] | None = None) -> Tokenizer:
-        """Build from the Hydra `model` and `quantizer` groups (DictConfig or dict; `name` keys are ignored)."""
-        values = _plain(model_cfg)
-        values.pop("name", None)
-        if quantizer_cfg is not None:
-            quantizer_values = _plain(quantizer_cfg)
-            quantizer_values.pop("name", None)
-            overlap = sorted(set(values) & set(quantizer_values))
-            if overlap:
-                raise ValueError(f"key(s) {overlap} appear in both the model and quantizer configs: keep each in "
-                                 f"one group.")
-            values.update(quantizer_values)
+    def from_config(cls, model: ModelConfig | Mapping[str, Any],
+                    quantizer: QuantizerConfig | Mapping[str, Any] | None = None) -> Tokenizer:
+        """Build from the typed `model` and `quantizer` groups (or mappings of their keys)."""
+        values = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else dict(model)
+        if quantizer is not None:
+            values.update(dataclasses.asdict(quantizer) if dataclasses.is_dataclass(quantizer) else dict(quantizer))
         return cls(**values)
 
     @classmethod
@@ -180,13 +156,3 @@ class Tokenizer(nn.Module):
         quantized = self.quantizer(self.encoder(images), compute_losses=compute_losses)
         return TokenizerOutput(self.decoder(quantized.quantized), quantized)
 
-
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict from a dict or an OmegaConf DictConfig."""
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    from omegaconf import DictConfig, OmegaConf  # imported only when Hydra built the config
-
-    if isinstance(cfg, DictConfig):
-        return dict(OmegaConf.to_container(cfg, resolve=True))
-    return dict(cfg)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
-from omegaconf import DictConfig
 
+from openmagvit2.config import RunConfig
 from openmagvit2.eval import save_reconstruction_grid
 from openmagvit2.losses import TokenizerLoss, build_discriminator
 from openmagvit2.models import Tokenizer
@@ -57,7 +57,7 @@ class TokenizerTask:
         self.device = gan.tokenizer.decoder.conv_out.weight.device
 
     @classmethod
-    def build(cls, cfg: DictConfig, ctx: DistributedContext, fine_tune: bool) -> "TokenizerTask":
+    def build(cls, cfg: RunConfig, ctx: DistributedContext, fine_tune: bool) -> "TokenizerTask":
         """Losses first (the perceptual network's weights are checked before any model or data work), then the
         models, the `train.init_from` weights when fine-tuning, the optimisers and wrappers, the val subset."""
         sum_over_ranks, mean_over_ranks = cross_rank_reductions(ctx)
@@ -106,6 +106,6 @@ class TokenizerTask:
         return save_reconstruction_grid(batch[:8], reconstruction, path, nrow=8)
 
 
-def build_task(cfg: DictConfig, ctx: DistributedContext, fine_tune: bool) -> Task:
+def build_task(cfg: RunConfig, ctx: DistributedContext, fine_tune: bool) -> Task:
     """The task `cfg` trains (`fine_tune`: a fresh run, so `train.init_from` weights are loaded)."""
     return TokenizerTask.build(cfg, ctx, fine_tune)
