@@ -92,7 +92,11 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
 
     tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
     discriminator = build_discriminator(cfg.loss).to(ctx.device)
-    resume_from = resolve_resume(cfg.train.resume, run_dir)
+    notes: list[str] = []  # start-up messages, logged once the tracker exists
+    if ctx.is_main and (stale_bytes := checkpoint.remove_stale_temp_files(run_dir)):
+        notes.append(f"removed {stale_bytes / 2**20:.1f} MB of temporary files left by interrupted checkpoint saves")
+    resumed = resolve_resume(cfg.train.resume, run_dir, ctx.is_main, notes.append)
+    resume_from = resumed[0] if resumed else None
     initialised_from = None
     if cfg.train.init_from and resume_from is None:  # fine-tuning; a resumed run already holds those weights
         initialised_from = initialise_from_checkpoint(cfg.train.init_from, tokenizer, discriminator,
@@ -133,8 +137,9 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         return path
 
     step = 0
-    if resume_from is not None:
-        state = checkpoint.load(resume_from)
+    if resumed is not None:
+        state = resumed[1]
+        del resumed
         tokenizer.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         criterion.load_state_dict(state["loss"])
@@ -158,6 +163,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
                       logger_cfg=OmegaConf.merge(cfg.logger, wandb_run_names or {}),
                       config=resolved_config, max_steps=cfg.train.max_steps,
                       start_step=step)
+    for note in notes:
+        tracker.info(note)
     if resume_from is not None:
         tracker.info(f"resumed from {resume_from} at step {step}")
     else:
@@ -210,8 +217,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
                                                       discriminator, step, last_layer=last_layer)
         if any_rank(not bool(torch.isfinite(g_loss)), ctx):
             tracker.info(f"non-finite generator loss at step {step} ({format_logs(g_logs)}); stopping. The last "
-                         f"good checkpoint is {checkpoint.latest_checkpoint(run_dir)}. Try train.precision=fp32 "
-                         "or bf16, a lower optim.lr, or train.grad_clip=1.0.")
+                         f"good (checksum-verified) checkpoint is {checkpoint.latest_verified(run_dir)}. Try "
+                         "train.precision=fp32 or bf16, a lower optim.lr, or train.grad_clip=1.0.")
             exit_code = 1
             break
         opt_g.zero_grad(set_to_none=True)
@@ -279,13 +286,14 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     return exit_code
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Path | None:
-    """`auto`: the run dir's newest checkpoint if any; `never`: start fresh; otherwise an explicit file."""
+def resolve_resume(resume: str, run_dir: Path, is_main: bool, log) -> tuple[Path, dict] | None:
+    """(path, state) to resume from. `auto`: the run dir's newest checkpoint that verifies (rank 0 moves damaged
+    ones aside, logging each); `never`: start fresh; otherwise an explicit file."""
     if resume == "never":
         return None
     if resume == "auto":
-        return checkpoint.latest_checkpoint(run_dir)
-    return Path(resume)
+        return checkpoint.load_latest_good(run_dir, log if is_main else None, move_aside=is_main)
+    return Path(resume), checkpoint.load(resume)
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, parameters,

@@ -69,8 +69,9 @@ def atomic_write(path: str | Path, text: bool = False, encoding: str = "utf-8") 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_path = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)  # reopened by name, so that `handle.name` is the path
     try:
-        with os.fdopen(descriptor, "w" if text else "wb", **({"encoding": encoding} if text else {})) as handle:
+        with open(temp_path, "w" if text else "wb", **({"encoding": encoding} if text else {})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -358,16 +358,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(f"{what} {path} is empty (0 bytes): an interrupted copy or a full disk; "
                                      "use another checkpoint.")
-    return _read(path, str(path), map_location, allow_foreign, what)
+    return _read(path, f"{what} {path}", map_location, allow_foreign)
 
 
 def read_checkpoint_bytes(blob: bytes, source: str, map_location: str | torch.device = "cpu",
                           allow_foreign: bool = False) -> Any:
     """`read_checkpoint` for bytes from `torch.save` to a buffer (e.g. objects gathered from other ranks)."""
-    return _read(blob, source, map_location, allow_foreign, "data")
+    return _read(blob, source, map_location, allow_foreign)
 
 
-def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bool, what: str) -> Any:
+def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bool) -> Any:
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():  # plain pickles (protocol > 2) make torch warn; the result is what matters
@@ -376,15 +376,15 @@ def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bo
     except pickle.UnpicklingError as error:
         refusal = error  # foreign globals (or garbage, which the restricted reader reports as corrupt below)
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError/EOFError/ValueError/... for damaged files
-        raise CorruptCheckpointError(f"{what} {label} is damaged or not a torch file ({_first_line(error)}); "
+        raise CorruptCheckpointError(f"{label} is damaged or not a torch file ({_first_line(error)}); "
                                      "use another checkpoint.") from None
     if not allow_foreign:
-        raise UnsafeCheckpointError(f"refusing {what} {label}: it holds Python objects besides tensors "
+        raise UnsafeCheckpointError(f"refusing {label}: it holds Python objects besides tensors "
                                     f"(torch's safe loader: {_first_line(refusal)}).")
     try:
         return _restricted_load(source, map_location)
     except _Refusal as error:
-        raise UnsafeCheckpointError(f"refusing {what} {label}: {error}; nothing from it was run.") from None
+        raise UnsafeCheckpointError(f"refusing {label}: {error}; nothing from it was run.") from None
     except Exception as error:  # noqa: BLE001 - anything else means the bytes are not a well-formed checkpoint
-        raise CorruptCheckpointError(f"{what} {label} is damaged or not a torch file ({_first_line(error)}); "
+        raise CorruptCheckpointError(f"{label} is damaged or not a torch file ({_first_line(error)}); "
                                      "use another checkpoint.") from None
