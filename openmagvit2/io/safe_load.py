@@ -121,8 +121,15 @@ def _without_hooks(rebuild: Any, hooks_index: int, refuse_state: bool = False) -
             raise _Refusal(f"a parameter with Python attributes ({rebuild.__name__})")
         return rebuild(*args)
 
-    checked.__name__ = rebuild.__name__
+    checked.__name__, checked.__qualname__, checked.__module__ = rebuild.__name__, rebuild.__qualname__, rebuild.__module__
     return checked
+
+
+# Quantized, sparse, nested, wrapper-subclass and typed-subclass tensors are not in tokenizer checkpoints; each calls
+# back into classes or functions named by the file, so they are refused rather than reasoned about.
+_UNSUPPORTED_TENSOR_REBUILDS = {f"torch._utils.{name}" for name in (
+    "_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass",
+    "_rebuild_device_tensor_from_numpy")} | {"torch._tensor._rebuild_from_type_v2"}
 
 
 def _allowed_globals() -> dict[str, Any]:
@@ -131,12 +138,8 @@ def _allowed_globals() -> dict[str, Any]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
     allowed = dict(_get_allowed_globals())
-    # Quantized, sparse, nested, wrapper-subclass and typed-subclass tensors are not in tokenizer checkpoints; each
-    # calls back into classes or functions named by the file, so they are left out rather than reasoned about.
-    for name in ("_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass",
-                 "_rebuild_device_tensor_from_numpy"):
-        allowed.pop(f"torch._utils.{name}", None)
-    allowed.pop("torch._tensor._rebuild_from_type_v2", None)
+    for name in _UNSUPPORTED_TENSOR_REBUILDS:
+        allowed.pop(name, None)
     allowed["torch._utils._rebuild_tensor_v2"] = _without_hooks(_utils._rebuild_tensor_v2, 5)
     allowed["torch._utils._rebuild_tensor_v3"] = _without_hooks(_utils._rebuild_tensor_v3, 5)
     allowed["torch._utils._rebuild_parameter"] = _without_hooks(_utils._rebuild_parameter, 2)
@@ -177,6 +180,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its 
         full_name = f"{module}.{name}"
         if full_name in _allowed():
             return _ALLOWED[full_name]
+        if full_name in _UNSUPPORTED_TENSOR_REBUILDS:
+            raise _Refusal(f"it holds a tensor type this reader does not rebuild ({full_name})")
         if _hostile(module, name):
             raise _Refusal(f"its pickle calls {full_name}, which no checkpoint needs (the file may be malicious)")
         return ForeignGlobal(module, name)
@@ -337,8 +342,6 @@ def _is_torchscript(source: Path | bytes) -> bool:
 
 
 def _restricted_load(source: Path | bytes, map_location: Any) -> Any:
-    if _is_torchscript(source):
-        raise _Refusal("it is a TorchScript archive (code), not a checkpoint")
     # weights_only=False is what makes torch.load use `pickle_module`; that module's unpickler resolves nothing
     # outside the allowlist and never calls a foreign global, so no code from the file runs (see the module doc).
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -369,6 +372,12 @@ def read_checkpoint_bytes(blob: bytes, source: str, map_location: str | torch.de
 
 def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bool) -> Any:
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        torchscript = _is_torchscript(source)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        torchscript = False  # not a readable zip: torch.load below says what is wrong with it
+    if torchscript:
+        raise UnsafeCheckpointError(f"refusing {label}: it is a TorchScript archive (code), not a checkpoint.")
     try:
         with warnings.catch_warnings():  # plain pickles (protocol > 2) make torch warn; the result is what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
