@@ -104,6 +104,10 @@ def _is_disk_full(error: BaseException, writer: _HashingWriter | None) -> bool:
     return isinstance(error, RuntimeError) and ("unexpected pos" in str(error) or "file write failed" in str(error))
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
 def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
@@ -118,8 +122,8 @@ def _make_room(path: Path, needed: int, keep_last: int) -> None:
     for old in removable:
         if _free_bytes(path.parent) >= needed:
             return
-        logger.warning("only %d MB free in %s: deleting %s before saving (train.keep_last=%d would delete it after)",
-                    _free_bytes(path.parent) // 2**20, path.parent, old.name, keep_last)
+        logger.warning("only %s free in %s: deleting %s before saving (train.keep_last=%d would delete it after)",
+                       _megabytes(_free_bytes(path.parent)), path.parent, old.name, keep_last)
         _remove_checkpoint(old)
 
 
@@ -152,11 +156,11 @@ def save_atomically(state: dict[str, Any], path: Path, keep_last: int = 0) -> No
         checksum_path(path).unlink(missing_ok=True)  # the checkpoint was not renamed into place: no orphan sidecar
         if not isinstance(error, (OSError, RuntimeError)) or not _is_disk_full(error, writer):
             raise
-        free = _free_bytes(path.parent)
-        size = f"about {needed / 2**20:.0f} MB" if needed else "its size"
-        full = DiskFullError(f"could not save {path.name}: the disk holding {path.parent} is full ({free / 2**20:.0f} "
-                             f"MB free, the checkpoint needs {size}); free some space or lower train.keep_last, then "
-                             f"resume: earlier checkpoints are intact and the partial file was removed.")
+        size = f"about {_megabytes(needed)}" if needed else "more"
+        full = DiskFullError(f"could not save {path.name}: the disk holding {path.parent} is full "
+                             f"({_megabytes(_free_bytes(path.parent))} free, the checkpoint needs {size}); free some "
+                             f"space or lower train.keep_last, then resume: earlier checkpoints are intact and the "
+                             f"partial file was removed.")
         full.errno = errno.ENOSPC
         raise full from None
 
