@@ -248,3 +248,28 @@ def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_start_up_cleans_the_t
     assert leftovers(tmp_path) == []
     path, loaded = checkpoint.load_latest_good(tmp_path)
     assert path.name == "step_00000001.pt" and loaded["step"] == 1
+
+
+@pytest.mark.slow
+def test_train_resume_auto_skips_a_damaged_newest_checkpoint_and_reclaims_temp_files(tmp_path: Path) -> None:
+    from conftest import FAST_OVERRIDES, compose_config
+    from openmagvit2.config import validate_config
+    from train import train
+
+    def run(max_steps: int) -> int:
+        cfg = compose_config(FAST_OVERRIDES + [f"train.max_steps={max_steps}", "train.ckpt_every=1",
+                                               "train.keep_last=0"])
+        validate_config(cfg)
+        return train(cfg, tmp_path)
+
+    assert run(2) == 0
+    newest = checkpoint.checkpoint_path(tmp_path, 2)
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. the node died while the file system flushed it
+    (newest.parent / ".step_00000003.pt.x1y2z3.tmp").write_bytes(b"\0" * 2**20)
+    assert run(3) == 0
+    log = (tmp_path / "train.log").read_text()
+    assert "removed 1.0 MB of temporary files left by interrupted checkpoint saves" in log
+    assert "step_00000002.pt is damaged" in log and "Moved it aside to step_00000002.pt.corrupt" in log
+    assert f"resumed from {checkpoint.checkpoint_path(tmp_path, 1)} at step 1" in log
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [f"step_0000000{i}.pt" for i in (1, 2, 3)]
+    assert checkpoint.latest_verified(tmp_path) == checkpoint.checkpoint_path(tmp_path, 3)

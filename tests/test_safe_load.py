@@ -178,3 +178,21 @@ def test_eval_py_refuses_a_hostile_checkpoint_in_one_line(tmp_path: Path, marker
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "refusing checkpoint" in lines[0] and "posix.system" in lines[0], result.stderr
+
+
+def test_old_tar_format_files_are_refused_before_anything_is_extracted(tmp_path: Path) -> None:
+    import tarfile
+
+    (tmp_path / "storages").write_bytes(b"\0" * 16)
+    with tarfile.open(tmp_path / "old.pt", "w") as archive:
+        archive.add(tmp_path / "storages", arcname="storages")
+    with pytest.raises(UnsafeCheckpointError, match="tar-format file from torch < 0.4"):
+        read_checkpoint(tmp_path / "old.pt")
+
+
+def test_forced_weights_only_refuses_foreign_objects(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(batch_size=8)}, path)
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(UnsafeCheckpointError, match="holds Python objects besides tensors"):
+        read_checkpoint(path)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
+import os
 import pickle
+import tarfile
 import warnings
 import zipfile
 from collections import Counter, OrderedDict
@@ -341,6 +343,13 @@ def _is_torchscript(source: Path | bytes) -> bool:
             return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
 
 
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
 def _restricted_load(source: Path | bytes, map_location: Any) -> Any:
     # weights_only=False is what makes torch.load use `pickle_module`; that module's unpickler resolves nothing
     # outside the allowlist and never calls a foreign global, so no code from the file runs (see the module doc).
@@ -378,6 +387,9 @@ def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bo
         torchscript = False  # not a readable zip: torch.load below says what is wrong with it
     if torchscript:
         raise UnsafeCheckpointError(f"refusing {label}: it is a TorchScript archive (code), not a checkpoint.")
+    if not isinstance(source, bytes) and _is_tar(source):
+        raise UnsafeCheckpointError(f"refusing {label}: it is a tar-format file from torch < 0.4, whose reader extracts "
+                                    "archive members to disk; re-save it with a recent torch.")
     try:
         with warnings.catch_warnings():  # plain pickles (protocol > 2) make torch warn; the result is what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -387,6 +399,8 @@ def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bo
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError/EOFError/ValueError/... for damaged files
         raise CorruptCheckpointError(f"{label} is damaged or not a torch file ({_first_line(error)}); "
                                      "use another checkpoint.") from None
+    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        allow_foreign = False  # torch would refuse the restricted reader's pickle_module anyway
     if not allow_foreign:
         raise UnsafeCheckpointError(f"refusing {label}: it holds Python objects besides tensors "
                                     f"(torch's safe loader: {_first_line(refusal)}).")
