@@ -196,3 +196,31 @@ def test_forced_weights_only_refuses_foreign_objects(tmp_path: Path, monkeypatch
     monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(UnsafeCheckpointError, match="holds Python objects besides tensors"):
         read_checkpoint(path)
+
+
+def _gather_worker(rank: int, world_size: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from openmagvit2.train.distributed import DistributedContext, gather_objects
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        ctx = DistributedContext(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"))
+        # Different sizes per rank: the padded byte exchange must cut each one back to its own length.
+        gathered = gather_objects({"rank": rank, "python": (3, tuple(range(rank * 50)), None),
+                                   "torch": torch.full((rank + 1,), float(rank))}, ctx)
+        torch.save(gathered, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gather_objects_exchanges_bytes_without_pickle(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        gathered = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert [item["rank"] for item in gathered] == [0, 1]
+        assert [len(item["python"][1]) for item in gathered] == [0, 50]
+        assert [item["torch"].tolist() for item in gathered] == [[0.0], [1.0, 1.0]]
