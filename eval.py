@@ -102,6 +102,8 @@ def load_tokenizer(cfg: DictConfig, ckpt: Path) -> tuple[Any, Any]:
     from openmagvit2.models.loading import tokenizer_from_checkpoint
 
     model, use_ema = architecture_override(cfg), bool(cfg.use_ema)
+    if model is not None:
+        model["name"] = cfg.model.get("name")  # ignored when building; names the choice in mismatch messages
     if ckpt.is_dir():
         return Tokenizer.from_checkpoint(ckpt, model=model, use_ema=use_ema), None
     checkpoint = read_checkpoint(ckpt)

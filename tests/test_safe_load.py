@@ -224,3 +224,14 @@ def test_gather_objects_exchanges_bytes_without_pickle(tmp_path: Path) -> None:
         assert [item["rank"] for item in gathered] == [0, 1]
         assert [len(item["python"][1]) for item in gathered] == [0, 50]
         assert [item["torch"].tolist() for item in gathered] == [[0.0], [1.0, 1.0]]
+
+
+@pytest.mark.slow
+def test_eval_py_refuses_a_model_that_does_not_fit_the_file_in_one_line(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = save(released_file(Tokenizer(**{**TINY, "adaptive_norm": True})), tmp_path / "v3_like.ckpt", "zip")
+    result = run_entry_point([str(ROOT / "eval.py"), f"ckpt={path}", "model=tiny", "metrics=[psnr]", "device=cpu",
+                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "does not fit model=tiny" in lines[0] and "adaptive_norm=True" in lines[0], lines

@@ -147,6 +147,8 @@ def resolve_model(model: str | Mapping[str, Any]) -> dict[str, Any]:
 def describe_request(model: str | Mapping[str, Any] | None, default: str) -> str:
     if isinstance(model, str):
         return f"model={model}"
+    if isinstance(model, Mapping) and model.get("name"):
+        return f"model={model['name']} (as given)"
     return "the given model hyper-parameters" if model is not None else default
 
 
