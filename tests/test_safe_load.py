@@ -235,3 +235,18 @@ def test_eval_py_refuses_a_model_that_does_not_fit_the_file_in_one_line(tmp_path
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "does not fit model=tiny" in lines[0] and "adaptive_norm=True" in lines[0], lines
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"\x80\x02ctorch.nn.parameter\nParameter\n}b.", "setting the state of"),  # BUILD on a class: monkey-patching
+    (b"\x80\x02cmymod\nfactory\n)R)R.", "a call of mymod.factory"),  # calling what a placeholder returned
+    (b"\x80\x02ccollections\nOrderedDict\n)RK\x01a.", "appending to"),
+    (b"\x80\x02X\x03\x00\x00\x00abcQ.", "persistent id"),
+    (b"\x80\x02cbuiltins\ngetattr\n.", "builtins.getattr"),
+    (b"\x80\x02ctorch._utils\n_rebuild_parameter\n(K\x00\x88}K\x00K\x01stR.", "backward hooks"),  # hooks = callables
+])
+def test_crafted_pickles_that_would_do_more_than_build_data_are_refused(tmp_path: Path, payload: bytes,
+                                                                        reason: str) -> None:
+    (tmp_path / "crafted.pt").write_bytes(payload)
+    with pytest.raises(UnsafeCheckpointError, match=reason):
+        read_checkpoint(tmp_path / "crafted.pt")

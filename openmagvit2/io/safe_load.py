@@ -247,11 +247,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its 
         inst = self.stack[-1]
         if isinstance(inst, ForeignObject):
             inst.state = state
-        elif type(inst) in (torch.Tensor, torch.nn.Parameter) and not _contains_foreign(state):
-            if type(inst) is torch.Tensor:
-                inst.set_(*state)  # tensors from torch < 0.4 files
-            else:
-                inst.__setstate__(state)
+        elif (type(inst) in (torch.Tensor, torch.nn.Parameter) and type(state) is tuple and len(state) == 4
+              and not _contains_foreign(state)):
+            inst.set_(*state)  # (storage, offset, size, stride) in files from torch < 0.4; other forms carry hooks
         elif type(inst) is OrderedDict and isinstance(state, dict) and not _contains_foreign(state):
             inst.__dict__.update(state)
         else:

@@ -219,16 +219,22 @@ def load_generator_state(model: nn.Module, state: Mapping[str, torch.Tensor], so
     model.load_state_dict(dict(state), strict=True)
 
 
+def _string_keys(state: Mapping[Any, Any]) -> dict[str, Any]:
+    """Entries with string keys (a foreign file may hold anything; only names can be weights)."""
+    return {key: value for key, value in state.items() if isinstance(key, str)}
+
+
 def generator_from_file(checkpoint: Mapping[str, Any], label: str) -> tuple[dict[str, Any], bool]:
     """The file's raw generator tensors (ours: `generator`; released: `state_dict` or the top level) and whether the
     file is ours."""
     if checkpoint.get("format") == FORMAT:
         generator = checkpoint.get("generator")
-        if not isinstance(generator, Mapping):
-            raise CheckpointMismatchError(f"{label} says format={FORMAT!r} but has no generator state dict.")
-        return strip_wrapper_prefixes(generator), True
+        if not isinstance(generator, Mapping) or not isinstance(checkpoint.get("tokenizer_hparams"), Mapping):
+            raise CheckpointMismatchError(f"{label} says format={FORMAT!r} but has no generator state dict or "
+                                          "tokenizer_hparams.")
+        return strip_wrapper_prefixes(_string_keys(generator)), True
     raw = checkpoint.get("state_dict", checkpoint)
-    raw = strip_wrapper_prefixes(raw) if isinstance(raw, Mapping) else {}
+    raw = strip_wrapper_prefixes(_string_keys(raw)) if isinstance(raw, Mapping) else {}
     if not any(key.startswith(GENERATOR_PREFIXES) for key in raw):
         raise CheckpointMismatchError(f"{label} has no encoder.*/decoder.* weights: it is neither an openmagvit2 "
                                       f"checkpoint nor an Open-MAGVIT2 tokenizer .ckpt.")
@@ -243,7 +249,7 @@ def select_generator_state(model: nn.Module, checkpoint: Mapping[str, Any], use_
     if ours:
         ema = checkpoint.get("generator_ema")
         if use_ema and isinstance(ema, Mapping):
-            return strip_wrapper_prefixes(ema), "ema"
+            return strip_wrapper_prefixes(_string_keys(ema)), "ema"
         return raw, "raw"
     return released_generator_state(raw, list(model.state_dict()), use_ema, label)
 
