@@ -243,7 +243,8 @@ def test_eval_py_refuses_a_model_that_does_not_fit_the_file_in_one_line(tmp_path
     (b"\x80\x02ccollections\nOrderedDict\n)RK\x01a.", "appending to"),
     (b"\x80\x02X\x03\x00\x00\x00abcQ.", "persistent id"),
     (b"\x80\x02cbuiltins\ngetattr\n.", "builtins.getattr"),
-    (b"\x80\x02ctorch._utils\n_rebuild_parameter\n(K\x00\x88}K\x00K\x01stR.", "backward hooks"),  # hooks = callables
+    # A parameter with backward hooks (callables), next to a foreign global so that torch's own loader defers to ours.
+    (b"\x80\x02(cmymod\nthing\nctorch._utils\n_rebuild_parameter\n(K\x00\x88}K\x00K\x01stRt.", "backward hooks"),
 ])
 def test_crafted_pickles_that_would_do_more_than_build_data_are_refused(tmp_path: Path, payload: bytes,
                                                                         reason: str) -> None:
