@@ -115,7 +115,8 @@ def test_load_latest_good_moves_damaged_checkpoints_aside_newest_first(tmp_path:
     path, loaded = checkpoint.load_latest_good(tmp_path, lines.append)
     assert path == first and loaded["step"] == 1
     assert checkpoint.list_checkpoints(tmp_path) == [first]
-    assert (third.parent / "step_00000003.pt.corrupt").exists() and (second.parent / "step_00000002.pt.corrupt").exists()
+    assert (third.parent / "step_00000003.pt.corrupt").exists()
+    assert (second.parent / "step_00000002.pt.corrupt").exists()
     assert len(lines) == 2 and "step_00000003.pt" in lines[0] and "step_00000002.pt" in lines[1]
     assert all("\n" not in line and "moved it aside" in line.lower() for line in lines)
     first.write_bytes(b"")

@@ -123,7 +123,8 @@ def _without_hooks(rebuild: Any, hooks_index: int, refuse_state: bool = False) -
             raise _Refusal(f"a parameter with Python attributes ({rebuild.__name__})")
         return rebuild(*args)
 
-    checked.__name__, checked.__qualname__, checked.__module__ = rebuild.__name__, rebuild.__qualname__, rebuild.__module__
+    checked.__name__, checked.__qualname__ = rebuild.__name__, rebuild.__qualname__
+    checked.__module__ = rebuild.__module__
     return checked
 
 
@@ -386,8 +387,8 @@ def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bo
     if torchscript:
         raise UnsafeCheckpointError(f"refusing {label}: it is a TorchScript archive (code), not a checkpoint.")
     if not isinstance(source, bytes) and _is_tar(source):
-        raise UnsafeCheckpointError(f"refusing {label}: it is a tar-format file from torch < 0.4, whose reader extracts "
-                                    "archive members to disk; re-save it with a recent torch.")
+        raise UnsafeCheckpointError(f"refusing {label}: it is a tar-format file from torch < 0.4, whose reader "
+                                    "extracts archive members to disk; re-save it with a recent torch.")
     try:
         with warnings.catch_warnings():  # plain pickles (protocol > 2) make torch warn; the result is what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
