@@ -251,3 +251,12 @@ def test_crafted_pickles_that_would_do_more_than_build_data_are_refused(tmp_path
     (tmp_path / "crafted.pt").write_bytes(payload)
     with pytest.raises(UnsafeCheckpointError, match=reason):
         read_checkpoint(tmp_path / "crafted.pt")
+
+
+def test_no_code_outside_the_safe_reader_unpickles() -> None:
+    """Every read goes through openmagvit2.io.safe_load: a new `torch.load` or `pickle.load` elsewhere fails here."""
+    patterns = ("torch.load(", "pickle.load", "pickle.Unpickler", "all_gather_object(", "weights_only=False")
+    sources = [*ROOT.glob("*.py"), *(ROOT / "openmagvit2").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]
+    offenders = [f"{path.relative_to(ROOT)}: {pattern}" for path in sources if path.name != "safe_load.py"
+                 for pattern in patterns if pattern in path.read_text()]
+    assert offenders == []

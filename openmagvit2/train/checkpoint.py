@@ -282,7 +282,7 @@ def latest_verified(run_dir: str | Path) -> Path | None:
 
 def capture_rng_state() -> dict[str, Any]:
     """This process's RNG states (Python, NumPy, torch CPU and, when present, CUDA)."""
-    # NumPy's key array is stored as a tensor so that checkpoints load with torch.load(weights_only=True).
+    # NumPy's key array is stored as a tensor so that checkpoints load with torch's weights-only reader.
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), position, has_gauss,
                                                     cached_gaussian), "torch": torch.get_rng_state()}
