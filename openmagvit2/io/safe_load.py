@@ -18,6 +18,7 @@ import _compat_pickle
 import io
 import os
 import pickle
+import re
 import tarfile
 import warnings
 import zipfile
@@ -401,8 +402,9 @@ def _read(source: Path | bytes, label: str, map_location: Any, allow_foreign: bo
     if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
         allow_foreign = False  # torch would refuse the restricted reader's pickle_module anyway
     if not allow_foreign:
-        raise UnsafeCheckpointError(f"refusing {label}: it holds Python objects besides tensors "
-                                    f"(torch's safe loader: {_first_line(refusal)}).")
+        named = re.search(r"GLOBAL (\S+)", str(refusal))
+        detail = f"it names {named.group(1)}" if named else f"torch's safe loader: {_first_line(refusal)}"
+        raise UnsafeCheckpointError(f"refusing {label}: it holds Python objects besides tensors ({detail}).")
     try:
         return _restricted_load(source, map_location)
     except _Refusal as error:
