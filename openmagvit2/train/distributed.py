@@ -119,7 +119,7 @@ def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:
     if not ctx.is_distributed:
         return [obj]
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(obj, buffer)  # torch.save, not pickle: pickled tensors fail to load on some torch versions
     payload = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8).to(ctx.device)
     size = torch.tensor([payload.numel()], dtype=torch.int64, device=ctx.device)
     sizes = [torch.zeros_like(size) for _ in range(ctx.world_size)]
