@@ -23,6 +23,7 @@ from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights
                               save_reconstruction_grid)
 from openmagvit2.eval.report import SEED_TABLE_HEADER, markdown_row, print_results, write_metrics_json
 from openmagvit2.eval.runner import AUTOCAST_DTYPES
+from openmagvit2.io.safe_load import CheckpointError
 
 
 def validate(cfg: DictConfig) -> list[str]:
@@ -56,7 +57,9 @@ def architecture_override(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     hparams = {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.quantizer,
                                                                                              resolve=True)}
-    hparams.pop("name", None)
+    hparams.pop("defaults", None)
+    # The chosen `model=<name>` is kept as "name" (ignored when building) to name the choice in mismatch messages.
+    hparams["name"] = next((item.split("=", 1)[1] for item in overrides if item.startswith("model=")), None)
     return hparams
 
 
@@ -81,15 +84,27 @@ class GridKeeper:
                                         nrow=min(self.count, 8))
 
 
-def train_resolution(ckpt: Path) -> int | None:
-    """The training image size stored in our checkpoints' config (None for released files or folders)."""
-    if not ckpt.is_file():
-        return None
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-        return int(state["config"]["data"]["image_size"])
-    except Exception:  # only a label in the markdown row: released/legacy files simply have no such entry
-        return None
+def train_resolution(checkpoint: Any) -> int | None:
+    """The training image size stored in our checkpoints' config (None for released files or folders).
+
+    Read from the dict that loaded the weights: the file is not opened a second time.
+    """
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    size = config.get("data", {}).get("image_size") if isinstance(config, dict) else None
+    return int(size) if isinstance(size, int) else None
+
+
+def load_tokenizer(cfg: DictConfig, ckpt: Path) -> tuple[Any, Any]:
+    """The tokenizer and the checkpoint dict it came from (None for a save_pretrained folder), read once, safely."""
+    from openmagvit2.io import read_checkpoint
+    from openmagvit2.models import Tokenizer
+    from openmagvit2.models.loading import tokenizer_from_checkpoint
+
+    model, use_ema = architecture_override(cfg), bool(cfg.use_ema)
+    if ckpt.is_dir():
+        return Tokenizer.from_checkpoint(ckpt, model=model, use_ema=use_ema), None
+    checkpoint = read_checkpoint(ckpt)
+    return tokenizer_from_checkpoint(Tokenizer, checkpoint, str(ckpt), model, use_ema), checkpoint
 
 
 def log_to_wandb(cfg: DictConfig, results: dict[str, float], run_dir: Path, grid: Path | None) -> None:
@@ -117,15 +132,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     weights.require(required_weights(metrics, cfg.fid_mode))
 
     from openmagvit2.data import build_val_loader
-    from openmagvit2.models import Tokenizer
     from openmagvit2.train.distributed import init_distributed, shutdown_distributed
 
     ctx = init_distributed(str(cfg.device))
     try:
         torch.manual_seed(int(cfg.seed))
         ckpt = Path(cfg.ckpt)
-        tokenizer = Tokenizer.from_checkpoint(ckpt, model=architecture_override(cfg), use_ema=bool(cfg.use_ema))
+        tokenizer, checkpoint = load_tokenizer(cfg, ckpt)
         tokenizer = tokenizer.to(ctx.device)
+        label_resolution = train_resolution(checkpoint)
+        del checkpoint  # the optimiser states etc. of a training checkpoint are not needed during evaluation
         loader = build_val_loader(data, int(cfg.batch_size), ctx.rank, ctx.world_size, cfg.max_images)
         grid = GridKeeper(int(cfg.grid_images) if ctx.is_main else 0)
         results = evaluate(tokenizer, loader, metrics, ctx.device, fid_mode=cfg.fid_mode, uint8_mode=cfg.uint8,
@@ -135,7 +151,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             grid_path = grid.save(run_dir / "reconstructions.png")
             hparams = tokenizer.hparams
             name = cfg.name or ckpt.stem
-            row = markdown_row(results, name, train_resolution(ckpt), int(cfg.data.image_size),
+            row = markdown_row(results, name, label_resolution, int(cfg.data.image_size),
                                tokenizer.downsample_factor, int(hparams["codebook_bits"]))
             write_metrics_json(run_dir / "metrics.json", results, {
                 "ckpt": str(ckpt.resolve()), "model": name, "tokenizer_hparams": hparams,
@@ -159,7 +175,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, weights.MissingWeightsError) as error:
+    except (ConfigError, weights.MissingWeightsError, CheckpointError) as error:
         print(f"eval.py: {error}", file=sys.stderr)
         sys.exit(2)
 

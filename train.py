@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import hydra
 import numpy as np
@@ -27,7 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2.config import ConfigError, validate_config
 from openmagvit2.data import build_train_loader
+from openmagvit2.io.safe_load import CheckpointError
 from openmagvit2.train import checkpoint
+from openmagvit2.train.checkpoint import DiskFullError
 from openmagvit2.train.distributed import (barrier, flags_across_ranks, init_distributed, mean_across_ranks,
                                            shutdown_distributed)
 from openmagvit2.train.resume import check_resume
@@ -49,7 +52,7 @@ def main(cfg: DictConfig) -> None:
         # Handlers go in first: a pre-emption warning during start-up is honoured at the first step boundary.
         with PreemptionFlag() as preemption:
             exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_names(cfg), preemption)
-    except (ConfigError, MissingWeightsError) as error:
+    except (ConfigError, MissingWeightsError, CheckpointError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         exit_code = 2
     except KeyboardInterrupt:  # a second Ctrl-C: the first one asks for a checkpoint at the next step boundary
@@ -84,9 +87,12 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     ctx = init_distributed(cfg.device)
     tracker: Tracker | None = None
     try:  # whatever happens, W&B is finished and the process group destroyed (the `finally` below)
+        notes: list[str] = []  # start-up messages, logged once the tracker exists
+        if ctx.is_main and (stale_bytes := checkpoint.remove_stale_temp_files(run_dir)):
+            notes.append(f"removed {stale_bytes / 2**20:.1f} MB of temporary files left by interrupted checkpoint "
+                         "saves")
         # A checkpoint to resume is read first: its config is compared with this one before anything is built.
-        resume_from = resolve_resume(cfg.train.resume, run_dir)
-        saved = checkpoint.load(resume_from) if resume_from is not None else None
+        resume_from, saved = resolve_resume(cfg.train.resume, run_dir, ctx.is_main, notes.append) or (None, None)
         resume_warnings = []
         if saved is not None:
             resume_warnings = check_resume(cfg, saved["config"], saved["step"], resume_from)
@@ -108,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         state.wandb_id = tracker.run_id
         tracker.info(f"resumed from {resume_from} at step {state.step}" if resume_from is not None else
                      f"starting at step 0 in {run_dir} on {ctx.world_size} process(es), device {ctx.device}")
-        for line in [*(f"warning: {message}" for message in resume_warnings), *task.notes,
+        for line in [*notes, *(f"warning: {message}" for message in resume_warnings), *task.notes,
                      f"global batch {cfg.train.batch_size * ctx.world_size}; precision {cfg.train.precision}"]:
             tracker.info(line)
 
@@ -138,7 +144,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
             non_finite, preempted = flags_across_ranks([losses.non_finite(), preemption.requested], ctx)
             if non_finite:
                 tracker.info(f"non-finite loss at step {step} ({format_logs(losses.logs)}); stopping before any "
-                             f"update. The last good checkpoint is {checkpoint.latest_checkpoint(run_dir)}. Try "
+                             f"update. The last good (checksum-verified) checkpoint is "
+                             f"{checkpoint.latest_verified(run_dir)}. Try "
                              "train.precision=fp32 or bf16, a lower optim.lr, or train.grad_clip=1.0.")
                 exit_code = 1
                 break
@@ -188,13 +195,15 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         shutdown_distributed()
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Path | None:
-    """`auto`: the run dir's newest checkpoint if any; `never`: start fresh; otherwise an explicit file."""
+def resolve_resume(resume: str, run_dir: Path, is_main: bool,
+                   log: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) to resume from. `auto`: the run dir's newest checkpoint that verifies (rank 0 moves damaged
+    ones aside, logging each); `never`: start fresh; otherwise an explicit file."""
     if resume == "never":
         return None
     if resume == "auto":
-        return checkpoint.latest_checkpoint(run_dir)
-    return Path(resume)
+        return checkpoint.load_latest_good(run_dir, log if is_main else None, move_aside=is_main)
+    return Path(resume), checkpoint.load(resume)
 
 
 if __name__ == "__main__":

@@ -173,14 +173,20 @@ class QuantizerConfig:
               self.entropy_across_ranks, "true or false")
 
 
+def model_names() -> list[str]:
+    """The shipped model configs (`conf/model/*.yaml`), by name."""
+    from openmagvit2.paths import conf_dir
+
+    return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
+
+
 def model_preset(name: str) -> dict[str, Any]:
     """The architecture hyper-parameters of a shipped `conf/model/<name>.yaml` (e.g. "openmagvit2_v3_256_large")."""
     from openmagvit2.paths import conf_dir
 
     path = conf_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"model={name!r} is unknown: use one of {', '.join(known)}, or pass a dict of "
+        raise ConfigError(f"model={name!r} is unknown: use one of {', '.join(model_names())}, or pass a dict of "
                           f"hyper-parameters (ch, ch_mult, num_res_blocks, adaptive_norm, bit_order).")
     values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     values.pop("defaults", None)

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from openmagvit2.io.atomic import atomic_write
 
 CLEANFID_CACHE_DIR = Path("/tmp")  # hard-coded by cleanfid.features.feature_extractor on Linux
 
@@ -175,22 +175,12 @@ def download(names: Iterable[str], force: bool = False) -> list[Path]:
             print(f"{spec.name}: already present and verified at {destination}")
             paths.append(destination)
             continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
         print(f"{spec.name}: downloading {spec.url}")
-        with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{spec.filename}.", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-            try:
-                with urllib.request.urlopen(spec.url, timeout=60) as response:
-                    shutil.copyfileobj(response, tmp)
-            except BaseException:
-                tmp_path.unlink(missing_ok=True)
-                raise
-        try:
-            verify(spec, tmp_path)
-        except RuntimeError:
-            tmp_path.unlink(missing_ok=True)
-            raise
-        os.replace(tmp_path, destination)
+        with atomic_write(destination) as tmp:  # renamed into place only when the checksum matches
+            with urllib.request.urlopen(spec.url, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+            tmp.flush()
+            verify(spec, Path(tmp.name))
         print(f"{spec.name}: saved and verified at {destination}")
         paths.append(destination)
     return paths

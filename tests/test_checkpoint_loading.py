@@ -1,7 +1,6 @@
 """Loading weights: released Lightning .ckpt layout (raw and EMA), our training checkpoints, safetensors folders."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -11,7 +10,8 @@ import torch
 
 from openmagvit2 import Tokenizer
 from openmagvit2.config import model_preset
-from openmagvit2.models.loading import ema_key
+from openmagvit2.models.loading import (CheckpointMismatchError, check_fits, ema_key, infer_architecture,
+                                        matching_architectures)
 
 REFERENCE_DETAILED = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE-DETAILED.md"  # ../shared in CI
 TINY_V3 = {**model_preset("tiny"), "adaptive_norm": True}  # a small model with every kind of released key
@@ -110,31 +110,20 @@ def test_architecture_and_bit_order_inferred_from_released_keys(tmp_path: Path, 
     assert_same_weights(loaded, raw)
 
 
-def test_released_ckpt_with_python_objects_needs_trust(tmp_path: Path) -> None:
-    checkpoint = released_checkpoint(seeded_tokenizer(0), None)
-    checkpoint["hyper_parameters"] = argparse.Namespace(lr=1e-4)  # Lightning files carry objects like this
-    path = tmp_path / "lightning.ckpt"
-    torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match="weights_only=False"):
-        Tokenizer.from_checkpoint(path, model=TINY_V3, weights_only=True)
-    with pytest.warns(UserWarning, match="trust"):
-        Tokenizer.from_checkpoint(path, model=TINY_V3)
-    Tokenizer.from_checkpoint(path, model=TINY_V3, weights_only=False)
-
-
-def test_mismatched_checkpoints_name_the_key(tmp_path: Path) -> None:
+def test_mismatched_checkpoints_name_the_key_and_the_right_model(tmp_path: Path) -> None:
     checkpoint = released_checkpoint(seeded_tokenizer(0), None)
     torch.save(checkpoint, tmp_path / "v3.ckpt")
-    with pytest.raises(KeyError, match=r"decoder\.adaptive\.0\.gamma\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"has decoder\.adaptive\.0\.gamma\.weight which the model "
+                       r"lacks \(12 unexpected"):
         Tokenizer.from_checkpoint(tmp_path / "v3.ckpt", model=model_preset("tiny"))  # a v1 model for a v3 file
     del checkpoint["state_dict"]["encoder.mid_block.0.conv2.weight"]
     torch.save(checkpoint, tmp_path / "missing.ckpt")
-    with pytest.raises(KeyError, match=r"encoder\.mid_block\.0\.conv2\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"lacks encoder\.mid_block\.0\.conv2\.weight \(1 missing"):
         Tokenizer.from_checkpoint(tmp_path / "missing.ckpt", model=TINY_V3)
     checkpoint = released_checkpoint(seeded_tokenizer(0), seeded_tokenizer(1))
     checkpoint["state_dict"]["model_ema.decoderconv_outweight"] = torch.zeros(3, 32, 1, 1)
     torch.save(checkpoint, tmp_path / "shape.ckpt")
-    with pytest.raises(ValueError, match=r"decoder\.conv_out\.weight has shape \(3, 32, 1, 1\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"decoder\.conv_out\.weight has shape \(3, 32, 1, 1\)"):
         Tokenizer.from_checkpoint(tmp_path / "shape.ckpt", model=TINY_V3)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Tokenizer.from_checkpoint(tmp_path / "absent.ckpt")
@@ -179,6 +168,71 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
 def test_model_names_resolve_through_the_shipped_model_configs(tmp_path: Path) -> None:
     raw = seeded_tokenizer(0, **model_preset("tiny"))
     torch.save(released_checkpoint(raw, None), tmp_path / "tiny.ckpt")
-    loaded = Tokenizer.from_checkpoint(tmp_path / "tiny.ckpt", model="tiny", weights_only=False)
+    loaded = Tokenizer.from_checkpoint(tmp_path / "tiny.ckpt", model="tiny")
     assert loaded.hparams == raw.hparams  # conf/model/tiny.yaml, plus the quantizer schema's defaults
     assert_same_weights(loaded, raw)
+
+
+def meta_state(name: str) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return Tokenizer(**model_preset(name)).state_dict()
+
+
+@pytest.mark.parametrize("name", ["openmagvit2_v1_128_base", "openmagvit2_v1_256_base", "openmagvit2_v3_128_large",
+                                  "openmagvit2_v3_256_large", "tiny"])
+def test_every_preset_is_recognised_from_its_keys_and_shapes(name: str) -> None:
+    architecture = infer_architecture(meta_state(name))
+    assert {key: architecture[key] for key in ("ch", "ch_mult", "num_res_blocks", "adaptive_norm")} == {
+        key: model_preset(name)[key] for key in ("ch", "ch_mult", "num_res_blocks", "adaptive_norm")}
+    assert matching_architectures(architecture) == [name]
+
+
+def test_a_base_model_on_a_large_file_is_refused_naming_the_large_preset() -> None:
+    # Every v1_256_base tensor also exists, with the same shape, in v3_256_large: only the leftovers tell them apart.
+    base, large = meta_state("openmagvit2_v1_256_base"), meta_state("openmagvit2_v3_256_large")
+    assert all(key in large and large[key].shape == value.shape for key, value in base.items())
+    with torch.device("meta"):
+        model = Tokenizer(**model_preset("openmagvit2_v1_256_base"))
+    assert (len(base), len(large)) == (175, 339)
+    with pytest.raises(CheckpointMismatchError, match=r"\(164 unexpected key\(s\)\); the file holds ch=128 "
+                       r"ch_mult=\[1, 1, 2, 2, 4\] num_res_blocks=4 adaptive_norm=True: pass "
+                       r"model=openmagvit2_v3_256_large or omit model="):
+        check_fits(model, large, "imagenet_256_L.ckpt", "model=openmagvit2_v1_256_base")
+
+
+def test_a_smaller_model_on_the_default_ema_path_is_refused(tmp_path: Path) -> None:
+    """The EMA path used to take only the tensors the model asked for: a 1-block model loaded half of a 2-block file."""
+    hparams = {**model_preset("tiny"), "num_res_blocks": 2}
+    torch.save(released_checkpoint(seeded_tokenizer(0, **hparams), seeded_tokenizer(1, **hparams)),
+               tmp_path / "two_blocks.ckpt")
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit model=tiny: it has encoder\.down\.0\.block\.1\."
+                       r"norm1\.weight which the model lacks .* num_res_blocks=2 adaptive_norm=False: pass these "
+                       r"hyper-parameters or omit model="):
+        Tokenizer.from_checkpoint(tmp_path / "two_blocks.ckpt", model="tiny")
+    assert Tokenizer.from_checkpoint(tmp_path / "two_blocks.ckpt").hparams["num_res_blocks"] == 2
+
+
+def test_a_wrong_model_for_a_file_names_the_preset_that_fits(tmp_path: Path) -> None:
+    tiny = seeded_tokenizer(0, **model_preset("tiny"))
+    torch.save(released_checkpoint(tiny, seeded_tokenizer(1, **model_preset("tiny"))), tmp_path / "tiny.ckpt")
+    with pytest.raises(CheckpointMismatchError, match=r"lacks decoder\.adaptive\.0\.gamma\.weight .*pass model=tiny"):
+        Tokenizer.from_checkpoint(tmp_path / "tiny.ckpt", model=TINY_V3)
+
+
+def test_our_checkpoint_refuses_a_model_with_another_bit_order(tmp_path: Path) -> None:
+    raw = seeded_tokenizer(0, **{**model_preset("tiny"), "bit_order": "msb_first"})
+    torch.save({"format": "openmagvit2", "tokenizer_hparams": raw.hparams, "generator": raw.state_dict(),
+                "generator_ema": None}, tmp_path / "ours.pt")
+    with pytest.raises(CheckpointMismatchError, match="bit_order=msb_first but model=tiny has bit_order=lsb_first"):
+        Tokenizer.from_checkpoint(tmp_path / "ours.pt", model="tiny")
+
+
+def test_safetensors_folder_with_a_leftover_key_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = seeded_tokenizer(3).save_pretrained(tmp_path / "export")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["decoder.extra.weight"] = torch.zeros(1)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match=r"has decoder\.extra\.weight which the model lacks"):
+        Tokenizer.from_pretrained(folder)

@@ -95,7 +95,7 @@ def test_conversion_resumes_without_redoing_finished_shards(shards, tmp_path):
     convert(str(root / "train"), str(out), shard_size=30, workers=1)
     assert os.stat(kept).st_mtime == 1  # untouched
     assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
-    assert not list(out.glob("*.tmp-*"))
+    assert not list(out.glob(".*.tmp"))
     with pytest.raises(ValueError, match="other inputs or settings"):
         convert(str(root / "train"), str(out), shard_size=20, workers=1)
 

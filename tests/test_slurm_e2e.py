@@ -99,7 +99,7 @@ def test_training_job_runs_two_gloo_processes(cluster: SlurmCluster, tmp_path: P
     assert "global batch 4;" in log  # 2 processes x train.batch_size=2
     assert logged_steps(log) == [1, 2, 3, 4, 4]  # the last line is the final evaluation at step 4
     assert checkpoint_steps(run_dir) == [2, 4]
-    assert torch.load(run_dir / "checkpoints" / "step_00000004.pt", weights_only=False)["step"] == 4
+    assert torch.load(run_dir / "checkpoints" / "step_00000004.pt", weights_only=True)["step"] == 4
     assert (run_dir / "COMPLETED").read_text().strip() == "4"
     assert "training completed" in log
 
@@ -121,7 +121,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster: SlurmCluster, t
     preempt_step, preempt_ckpt = int(saved.group(1)), saved.group(2)
     assert 3 <= preempt_step < max_steps
     assert preempt_ckpt == str(run_dir / "checkpoints" / f"step_{preempt_step:08d}.pt")
-    assert torch.load(preempt_ckpt, weights_only=False)["step"] == preempt_step
+    assert torch.load(preempt_ckpt, weights_only=True)["step"] == preempt_step
     assert f"job {job_id}: pre-emption warning handled, checkpoint saved" in log and "requeueing (attempt 1)" in log
     assert f"job {job_id}: attempt 1 on 1 node(s)" in log
 
@@ -171,6 +171,6 @@ def test_submitit_sweep_runs_each_job_as_a_slurm_job(cluster: SlurmCluster, tmp_
     bits = []
     for run_dir in (sweep_dir / "0", sweep_dir / "1"):
         assert (run_dir / "COMPLETED").read_text().strip() == "1"
-        bits.append(torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=False)["config"]
+        bits.append(torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=True)["config"]
                     ["quantizer"]["codebook_bits"])
     assert sorted(bits) == [4, 6]

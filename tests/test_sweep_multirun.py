@@ -76,7 +76,7 @@ def test_local_multirun_2x2_gives_four_distinct_runs(tmp_path: Path) -> None:
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         combos.append((cfg.quantizer.codebook_bits, cfg.loss.codebook_weight))
         assert (run_dir / "COMPLETED").read_text().strip() == "1"
-        state = torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=False)
+        state = torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=True)
         # What each job trained is what its config says: the swept values reached the model and the loss.
         assert state["tokenizer_hparams"]["codebook_bits"] == cfg.quantizer.codebook_bits
         assert state["config"]["loss"]["codebook_weight"] == cfg.loss.codebook_weight

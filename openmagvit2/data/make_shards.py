@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import webdataset as wds
 
+from ..io.atomic import atomic_write
 from .folder import UNLABELED, FolderListing, scan_image_folder
 
 INDEX_FORMAT = "openmagvit2-shards"
@@ -45,11 +46,9 @@ class ShardTask:
 
 def write_json_atomic(path: str, payload: dict) -> None:
     """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_write(path, text=True) as handle:
         json.dump(payload, handle, indent=1)
         handle.write("\n")
-    os.replace(temporary, path)
 
 
 def field_for(path: str) -> str:
@@ -81,9 +80,8 @@ def fingerprint(listing: FolderListing, tasks: Sequence[ShardTask]) -> str:
 def write_shard(task: ShardTask, src: str, out: str) -> tuple[str, int, int]:
     """Write one shard atomically; returns (name, samples, unlabeled samples)."""
     final = os.path.join(out, task.name)
-    temporary = f"{final}.tmp-{os.getpid()}"
     unlabeled = 0
-    with open(temporary, "wb") as stream:
+    with atomic_write(final) as stream:  # a whole shard or nothing, with the umask's permissions
         writer = wds.TarWriter(stream, encoder=False, mtime=0)
         for number, relative, label in task.rows:
             try:
@@ -99,7 +97,6 @@ def write_shard(task: ShardTask, src: str, out: str) -> tuple[str, int, int]:
                 sample["cls"] = str(label).encode("ascii")
             writer.write(sample)
         writer.close()
-    os.replace(temporary, final)
     return task.name, len(task.rows), unlabeled
 
 

@@ -6,13 +6,15 @@ Formats understood by `load_tokenizer`:
 - released Lightning files: `{"state_dict": {...}}` with `encoder.*`, `decoder.*`, ignored `loss.*`, and, when EMA
   was on, `model_ema.<parameter name without dots>` (e.g. `model_ema.encoderdown0block0conv1weight`);
 - a folder from `save_pretrained`: `config.json` + `model.safetensors`.
+
+Files are read with `openmagvit2.io.read_checkpoint`, which never runs code from them. Every path counts missing,
+unexpected and mis-shaped generator keys and refuses a mismatch in one line that names the architecture the file
+holds (and the `conf/model` name that loads it).
 """
 from __future__ import annotations
 
 import json
 import logging
-import pickle
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +22,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from openmagvit2.config import model_preset
+from openmagvit2.config import model_names, model_preset
+from openmagvit2.io.safe_load import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +38,14 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 T = TypeVar("T", bound=nn.Module)
 
 
-def read_checkpoint(path: Path, map_location: str | torch.device, weights_only: bool | None) -> Any:
-    """torch.load with the safe loader first; full unpickling only as allowed by `weights_only` (see from_checkpoint)."""
-    if weights_only is False:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if weights_only:
-            raise ValueError(f"{path} holds Python objects besides tensors and weights_only=True refuses them: pass "
-                             f"weights_only=False if you trust the file's source.") from error
-        warnings.warn(f"{path} holds Python objects besides tensors; loading it with full unpickling. Only load "
-                      f"checkpoints from sources you trust (or convert them once with save_pretrained).",
-                      stacklevel=3)
-        return torch.load(path, map_location=map_location, weights_only=False)
+class CheckpointMismatchError(CheckpointError):
+    """The file's generator does not fit the requested architecture; the message names the one it holds."""
+
+
+def known_architectures() -> dict[str, dict[str, Any]]:
+    """Architectures by `conf/model` name (ch, ch_mult, num_res_blocks, adaptive_norm, bit_order, ...): the shipped
+    model configs are the one registry."""
+    return {name: model_preset(name) for name in model_names()}
 
 
 def strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,76 +67,212 @@ def ema_key(name: str) -> str:
     return "model_ema." + name.replace(".", "")
 
 
+def infer_architecture(state: Mapping[str, Any]) -> dict[str, Any]:
+    """ch, ch_mult, num_res_blocks, adaptive_norm and channel counts read off generator keys and shapes.
+
+    ch is `encoder.conv_in` 's width, ch_mult the width of each `encoder.down.{i}` over ch, num_res_blocks the
+    number of blocks in `encoder.down.0`, adaptive_norm whether `decoder.adaptive.*` exists. The bit order of the
+    token index cannot be read off weights (see `infer_hparams`).
+    """
+    def shape(key: str) -> tuple[int, ...] | None:
+        value = state.get(key)
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+    conv_in, conv_out = shape("encoder.conv_in.weight"), shape("encoder.conv_out.weight")
+    if conv_in is None or conv_out is None or len(conv_in) != 4 or len(conv_out) != 4:
+        raise CheckpointMismatchError("cannot infer the architecture: the file has no encoder.conv_in.weight / "
+                                      "encoder.conv_out.weight tensors; pass model=<a conf/model name or a dict>.")
+    ch = conv_in[0]
+    levels = 0
+    while shape(f"encoder.down.{levels}.block.0.conv1.weight") is not None:
+        levels += 1
+    num_res_blocks = 0
+    while shape(f"encoder.down.0.block.{num_res_blocks}.conv1.weight") is not None:
+        num_res_blocks += 1
+    decoder_out = shape("decoder.conv_out.weight")
+    return {"ch": ch, "ch_mult": [shape(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in range(levels)],
+            "num_res_blocks": num_res_blocks,
+            "adaptive_norm": any(key.startswith("decoder.adaptive.") for key in state),
+            "codebook_bits": conv_out[0], "in_channels": conv_in[1],
+            "out_channels": decoder_out[0] if decoder_out else 3}
+
+
 def infer_hparams(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Architecture from generator keys and shapes; bit order from the generation (adaptive norm means v2/v3).
 
     The released v1 "Base" files have no `decoder.adaptive.*` and index bits MSB first; the v2/v3 "Large" and
     pretrain files have adaptive norm and index LSB first.
     """
-    if "encoder.conv_in.weight" not in state or "encoder.conv_out.weight" not in state:
-        raise ValueError("cannot infer the architecture: the checkpoint has no encoder.conv_in.weight / "
-                         "encoder.conv_out.weight; pass model=<a conf/model name or a dict of hyper-parameters>.")
-    ch = state["encoder.conv_in.weight"].shape[0]
-    levels = 0
-    while f"encoder.down.{levels}.block.0.conv1.weight" in state:
-        levels += 1
-    ch_mult = [state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)]
-    num_res_blocks = 0
-    while f"encoder.down.0.block.{num_res_blocks}.conv1.weight" in state:
-        num_res_blocks += 1
-    adaptive_norm = any(key.startswith("decoder.adaptive.") for key in state)
-    bit_order = "lsb_first" if adaptive_norm else "msb_first"
-    log.info("architecture inferred from the checkpoint keys: ch=%d ch_mult=%s num_res_blocks=%d adaptive_norm=%s; "
-             "bit order %s (pass model=... to set it explicitly)", ch, ch_mult, num_res_blocks, adaptive_norm,
-             bit_order)
-    return {"ch": ch, "ch_mult": ch_mult, "num_res_blocks": num_res_blocks, "adaptive_norm": adaptive_norm,
-                "bit_order": bit_order, "codebook_bits": state["encoder.conv_out.weight"].shape[0],
-                "in_channels": state["encoder.conv_in.weight"].shape[1],
-                "out_channels": state["decoder.conv_out.weight"].shape[0] if "decoder.conv_out.weight" in state else 3}
+    hparams = infer_architecture(state)
+    hparams["bit_order"] = "lsb_first" if hparams["adaptive_norm"] else "msb_first"
+    log.info("architecture inferred from the checkpoint keys: %s; bit order %s (pass model=... to set it "
+             "explicitly)", describe_architecture(hparams), hparams["bit_order"])
+    return hparams
+
+
+def describe_architecture(architecture: Mapping[str, Any]) -> str:
+    text = " ".join(f"{key}={architecture[key]}" for key in ("ch", "ch_mult", "num_res_blocks", "adaptive_norm"))
+    if architecture.get("codebook_bits", 18) != 18:
+        text += f" codebook_bits={architecture['codebook_bits']}"
+    return text
+
+
+def matching_architectures(architecture: Mapping[str, Any]) -> list[str]:
+    """`conf/model` names whose weights have the shapes of `architecture` (the bit order is not compared)."""
+    defaults = {"codebook_bits": 18, "in_channels": 3, "out_channels": 3}
+    names = []
+    for name, preset in known_architectures().items():
+        full = {**defaults, **preset}
+        if all(list(full[key]) == list(architecture[key]) if key == "ch_mult" else full[key] == architecture[key]
+               for key in ("ch", "ch_mult", "num_res_blocks", "adaptive_norm", *defaults) if key in architecture):
+            names.append(name)
+    return names
 
 
 def resolve_model(model: str | Mapping[str, Any]) -> dict[str, Any]:
     """Hyper-parameters from a `conf/model` name or a dict (a `name` key in a dict is ignored)."""
     if isinstance(model, str):
-        return model_preset(model)
+        return model_preset(model)  # refuses an unknown name, listing the known ones
     return {key: value for key, value in dict(model).items() if key != "name"}
 
 
-def released_generator_state(state: Mapping[str, torch.Tensor], names: list[str], use_ema: bool
+def describe_request(model: str | Mapping[str, Any] | None, default: str) -> str:
+    if isinstance(model, str):
+        return f"model={model}"
+    if isinstance(model, Mapping) and model.get("name"):
+        return f"model={model['name']} (as given)"
+    return "the given model hyper-parameters" if model is not None else default
+
+
+def architecture_hint(file_state: Mapping[str, Any]) -> str:
+    """What the file holds and which `model=` loads it, for mismatch messages."""
+    try:
+        architecture = infer_architecture(file_state)
+    except CheckpointError:
+        return "the file's generator keys do not describe a complete tokenizer"
+    names = matching_architectures(architecture)
+    advice = f"pass model={names[0]} or omit model=" if names else "pass these hyper-parameters or omit model="
+    return f"the file holds {describe_architecture(architecture)}: {advice}"
+
+
+def check_fits(model: nn.Module, file_state: Mapping[str, Any], label: str, requested: str) -> None:
+    """Refuse unless the file's `encoder.*`/`decoder.*` tensors are exactly the model's keys with the model's shapes.
+
+    Counts every missing, unexpected and mis-shaped key (a released v3 file also fits a v1 model's key names for
+    half of its tensors, so looking only at what the model asks for is not enough).
+    """
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = {key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
+             for key, value in file_state.items() if key.startswith(GENERATOR_PREFIXES)}
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [key for key in expected if key in found and found[key] != expected[key]]
+    problems = []
+    if missing:
+        problems.append(f"it lacks {missing[0]} ({len(missing)} missing generator key(s))")
+    if unexpected:
+        problems.append(f"it has {unexpected[0]} which the model lacks ({len(unexpected)} unexpected key(s))")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(f"{key} has shape {found[key]}, the model expects {expected[key]} ({len(reshaped)} "
+                        f"mis-shaped key(s))")
+    if problems:
+        raise CheckpointMismatchError(f"{label} does not fit {requested}: {'; '.join(problems)}; "
+                                      f"{architecture_hint(file_state)}.")
+
+
+def released_generator_state(state: Mapping[str, torch.Tensor], names: list[str], use_ema: bool, label: str = "the file"
                              ) -> tuple[dict[str, torch.Tensor], str]:
-    """Generator tensors from a released state dict: the `model_ema.*` copies when asked and present, else the raw ones."""
-    has_ema = any(key.startswith("model_ema.") and key not in ("model_ema.decay", "model_ema.num_updates")
-                  for key in state)
-    if use_ema and has_ema:
-        missing = [name for name in names if ema_key(name) not in state]
-        if missing:
-            raise KeyError(f"the checkpoint's EMA lacks {ema_key(missing[0])} (for {missing[0]}; {len(missing)} "
-                           f"missing in all): pass use_ema=False to load the raw weights, or check the model choice.")
+    """Generator tensors from a released state dict: the `model_ema.*` copies when asked and present, else the raw ones.
+
+    The EMA set must be exactly the model's parameters (no missing and no left-over `model_ema.encoder*/decoder*`).
+    """
+    ema_keys = [key for key in state if key.startswith(("model_ema.encoder", "model_ema.decoder"))]
+    if use_ema and ema_keys:
+        wanted = {ema_key(name) for name in names}
+        missing = [ema_key(name) for name in names if ema_key(name) not in state]
+        leftover = [key for key in ema_keys if key not in wanted]
+        if missing or leftover:
+            first = f"lacks {missing[0]}" if missing else f"has {leftover[0]}, which the model lacks"
+            raise CheckpointMismatchError(
+                f"{label}: the EMA weights do not fit the model: it {first} ({len(missing)} missing, {len(leftover)} "
+                f"unexpected EMA key(s)); check model=, or pass use_ema=False to load the raw weights.")
         return {name: state[ema_key(name)] for name in names}, "ema"
     return {key: value for key, value in state.items() if key.startswith(GENERATOR_PREFIXES)}, "raw"
 
 
 def load_generator_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Strictly load `encoder.*`/`decoder.*` tensors, naming the first missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    generator = {key: value for key, value in state.items() if key.startswith(GENERATOR_PREFIXES)}
-    hint = "check the `model` argument (a v1 Base or v3 Large config, the right ch_mult) against the file"
-    missing = [key for key in expected if key not in generator]
-    if missing:
-        raise KeyError(f"{source} lacks {missing[0]} ({len(missing)} generator key(s) missing): {hint}.")
-    unexpected = [key for key in generator if key not in expected]
-    if unexpected:
-        raise KeyError(f"{source} has {unexpected[0]} which the model lacks ({len(unexpected)} unexpected "
-                       f"key(s)): {hint}.")
-    for key, value in expected.items():
-        if generator[key].shape != value.shape:
-            raise ValueError(f"{source}: {key} has shape {tuple(generator[key].shape)}, the model expects "
-                             f"{tuple(value.shape)}: {hint}.")
-    model.load_state_dict(generator, strict=True)
+    """Strictly load a generator state dict: every key the model has, no other key, each with the model's shape."""
+    check_fits(model, state, source, "the model")
+    others = [key for key in state if not key.startswith(GENERATOR_PREFIXES)]
+    if others:
+        raise CheckpointMismatchError(f"{source} has {others[0]}, which is not a generator weight ({len(others)} "
+                                      "such key(s)): check the file.")
+    model.load_state_dict(dict(state), strict=True)
+
+
+def _string_keys(state: Mapping[Any, Any]) -> dict[str, Any]:
+    """Entries with string keys (a foreign file may hold anything; only names can be weights)."""
+    return {key: value for key, value in state.items() if isinstance(key, str)}
+
+
+def generator_from_file(checkpoint: Mapping[str, Any], label: str) -> tuple[dict[str, Any], bool]:
+    """The file's raw generator tensors (ours: `generator`; released: `state_dict` or the top level) and whether the
+    file is ours."""
+    if checkpoint.get("format") == FORMAT:
+        generator = checkpoint.get("generator")
+        if not isinstance(generator, Mapping) or not isinstance(checkpoint.get("tokenizer_hparams"), Mapping):
+            raise CheckpointMismatchError(f"{label} says format={FORMAT!r} but has no generator state dict or "
+                                          "tokenizer_hparams.")
+        return strip_wrapper_prefixes(_string_keys(generator)), True
+    raw = checkpoint.get("state_dict", checkpoint)
+    raw = strip_wrapper_prefixes(_string_keys(raw)) if isinstance(raw, Mapping) else {}
+    if not any(key.startswith(GENERATOR_PREFIXES) for key in raw):
+        raise CheckpointMismatchError(f"{label} has no encoder.*/decoder.* weights: it is neither an openmagvit2 "
+                                      f"checkpoint nor an Open-MAGVIT2 tokenizer .ckpt.")
+    return raw, False
+
+
+def select_generator_state(model: nn.Module, checkpoint: Mapping[str, Any], use_ema: bool, label: str,
+                           requested: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Check that the file's generator fits `model`, then pick its EMA copy (when asked and present) or raw weights."""
+    raw, ours = generator_from_file(checkpoint, label)
+    check_fits(model, raw, label, requested)
+    if ours:
+        ema = checkpoint.get("generator_ema")
+        if use_ema and isinstance(ema, Mapping):
+            return strip_wrapper_prefixes(_string_keys(ema)), "ema"
+        return raw, "raw"
+    return released_generator_state(raw, list(model.state_dict()), use_ema, label)
+
+
+def tokenizer_from_checkpoint(cls: type[T], checkpoint: Any, label: str, model: str | Mapping[str, Any] | None,
+                              use_ema: bool) -> T:
+    """Build and load a tokenizer from an already-read checkpoint dict (see `Tokenizer.from_checkpoint`)."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointMismatchError(f"{label} is not a checkpoint dict (got {type(checkpoint).__name__}).")
+    raw, ours = generator_from_file(checkpoint, label)
+    if model is not None:
+        hparams = resolve_model(model)
+    elif ours:
+        hparams = dict(checkpoint["tokenizer_hparams"])
+    else:
+        hparams = infer_hparams(raw)
+    default = "its own tokenizer_hparams" if ours else "the architecture inferred from its keys"
+    tokenizer = cls(**hparams)
+    file_bit_order = dict(checkpoint.get("tokenizer_hparams") or {}).get("bit_order") if ours else None
+    if file_bit_order is not None and tokenizer.hparams.get("bit_order") != file_bit_order:
+        raise CheckpointMismatchError(f"{label} was trained with bit_order={file_bit_order} but "
+                                      f"{describe_request(model, 'the model')} has bit_order="
+                                      f"{tokenizer.hparams.get('bit_order')}: token indices would be wrong; omit "
+                                      "model= to use the file's own architecture.")
+    state, source = select_generator_state(tokenizer, checkpoint, use_ema, label, describe_request(model, default))
+    load_generator_state(tokenizer, state, f"{label} ({source} weights)")
+    return tokenizer.eval()
 
 
 def load_tokenizer(cls: type[T], path: str | Path, model: str | Mapping[str, Any] | None, use_ema: bool,
-                   map_location: str | torch.device, weights_only: bool | None) -> T:
+                   map_location: str | torch.device) -> T:
     """See `Tokenizer.from_checkpoint`."""
     path = Path(path)
     if path.is_dir():
@@ -149,30 +282,7 @@ def load_tokenizer(cls: type[T], path: str | Path, model: str | Mapping[str, Any
         return load_pretrained(cls, path, map_location=map_location)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a .pt/.ckpt file or a save_pretrained folder.")
-    checkpoint = read_checkpoint(path, map_location, weights_only)
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"{path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
-
-    if checkpoint.get("format") == FORMAT:
-        hparams = resolve_model(model) if model is not None else dict(checkpoint["tokenizer_hparams"])
-        ema = checkpoint.get("generator_ema")
-        state, source = (ema, "ema") if use_ema and ema is not None else (checkpoint["generator"], "raw")
-        state = strip_wrapper_prefixes(state)
-    else:
-        raw = checkpoint.get("state_dict", checkpoint)
-        raw = strip_wrapper_prefixes(raw)
-        if not any(key.startswith(GENERATOR_PREFIXES) for key in raw):
-            raise ValueError(f"{path} has no encoder.*/decoder.* weights: it is neither an openmagvit2 checkpoint "
-                             f"nor an Open-MAGVIT2 tokenizer .ckpt.")
-        hparams = resolve_model(model) if model is not None else infer_hparams(raw)
-        tokenizer = cls(**hparams)
-        state, source = released_generator_state(raw, list(tokenizer.state_dict()), use_ema)
-        load_generator_state(tokenizer, state, f"{path} ({source} weights)")
-        return tokenizer.eval()
-
-    tokenizer = cls(**hparams)
-    load_generator_state(tokenizer, state, f"{path} ({source} weights)")
-    return tokenizer.eval()
+    return tokenizer_from_checkpoint(cls, read_checkpoint(path, map_location), str(path), model, use_ema)
 
 
 def save_pretrained(tokenizer: nn.Module, directory: str | Path) -> Path:

@@ -94,7 +94,7 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, model: str | Mapping[str, Any] | None = None, use_ema: bool = True,
-                        map_location: str | torch.device = "cpu", weights_only: bool | None = None) -> Tokenizer:
+                        map_location: str | torch.device = "cpu") -> Tokenizer:
         """Load our training checkpoint, a released Open-MAGVIT2 Lightning `.ckpt`, or a `save_pretrained` folder.
 
         Args:
@@ -104,14 +104,15 @@ class Tokenizer(nn.Module):
                 (no adaptive norm: v1, msb_first; adaptive norm: v2/v3, lsb_first).
             use_ema: load the EMA weights when the file has them (as the published evaluation does).
             map_location: where tensors are loaded.
-            weights_only: None tries torch's safe loader, then falls back to full unpickling with a warning (released
-                Lightning files hold Python objects); True refuses that fallback; False unpickles directly.
+        Files are read without running code from them (`openmagvit2.io.read_checkpoint`): the Python objects in
+        released Lightning files (hyper-parameters, callbacks) become inert placeholders, and a file that needs more
+        raises `UnsafeCheckpointError`. A `model` whose weights do not fit the file raises
+        `CheckpointMismatchError`, naming the architecture the file holds.
         Returns the tokenizer in eval mode.
         """
         from openmagvit2.models.loading import load_tokenizer
 
-        return load_tokenizer(cls, path, model=model, use_ema=use_ema, map_location=map_location,
-                              weights_only=weights_only)
+        return load_tokenizer(cls, path, model=model, use_ema=use_ema, map_location=map_location)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Tokenizer:

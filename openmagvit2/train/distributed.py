@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from openmagvit2.io.safe_load import read_checkpoint_bytes
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -170,16 +172,27 @@ def cross_rank_reductions(ctx: DistributedContext) -> tuple[Reduction | None, Re
 
 
 def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:
-    """Every rank's `obj`, in rank order (RNG states for the checkpoint)."""
+    """Every rank's `obj` (tensors and plain containers, e.g. RNG states for the checkpoint), in rank order.
+
+    The bytes travel as uint8 tensors and are read back with the safe reader, so nothing is unpickled with plain
+    `pickle` (`all_gather_object` would, on whatever another process sent).
+    """
     if not ctx.is_distributed:
         return [obj]
-    # Serialise with torch.save ourselves: all_gather_object's pickling of tensors fails to unpickle on some
-    # torch versions (UntypedStorage has no dtype), and bytes always travel safely.
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    gathered: list[bytes] = [b""] * ctx.world_size
-    dist.all_gather_object(gathered, buffer.getvalue())
-    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
+    torch.save(obj, buffer)  # torch.save, not pickle: pickled tensors fail to load on some torch versions
+    payload = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8).to(ctx.device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=ctx.device)
+    sizes = [torch.zeros_like(size) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(int(rank_size.item()) for rank_size in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=ctx.device)
+    padded[: payload.numel()] = payload
+    gathered = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, padded)
+    return [read_checkpoint_bytes(chunk[: int(rank_size.item())].cpu().numpy().tobytes(),
+                                  f"the object gathered from rank {rank}")
+            for rank, (chunk, rank_size) in enumerate(zip(gathered, sizes))]
 
 
 def barrier(ctx: DistributedContext) -> None:

@@ -1,7 +1,7 @@
 """Fine-tuning: start a fresh run from the weights of another checkpoint (ours or a released Open-MAGVIT2 .ckpt).
 
 Unlike `train.resume`, only weights are taken (generator, and the discriminator when the file has one); the
-optimisers, step, data position and EMA start afresh. The file is read once.
+optimisers, step, data position and EMA start afresh. The file is read once, without running code from it.
 """
 from __future__ import annotations
 
@@ -9,25 +9,28 @@ from pathlib import Path
 
 from torch import nn
 
+from openmagvit2.io.safe_load import read_checkpoint
 from openmagvit2.losses.discriminator import released_discriminator_state
-from openmagvit2.models.loading import (FORMAT, load_generator_state, read_checkpoint, released_generator_state,
-                                        strip_wrapper_prefixes)
+from openmagvit2.models.loading import FORMAT, generator_from_file, load_generator_state, select_generator_state
 
 
 def initialise_from_checkpoint(path: str | Path, tokenizer: nn.Module, discriminator: nn.Module,
                                use_ema: bool = True) -> str:
-    """Load generator (EMA copy when asked and present) and discriminator weights; returns what was loaded."""
+    """Load generator (EMA copy when asked and present) and discriminator weights; returns what was loaded.
+
+    The training config's `model` must match the file's generator exactly (`CheckpointMismatchError` otherwise).
+    """
     path = Path(path)
-    checkpoint = read_checkpoint(path, map_location="cpu", weights_only=None)
+    checkpoint = read_checkpoint(path, map_location="cpu")
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"train.init_from={path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
+    state, source = select_generator_state(tokenizer, checkpoint, use_ema, f"train.init_from={path}",
+                                           "the training config's model (model=...)")
+    load_generator_state(tokenizer, state, f"{path} ({source} weights)")
     if checkpoint.get("format") == FORMAT:
-        ema = checkpoint.get("generator_ema")
-        state, source = (ema, "ema") if use_ema and ema is not None else (checkpoint["generator"], "raw")
-        load_generator_state(tokenizer, strip_wrapper_prefixes(state), f"{path} ({source} weights)")
         disc_state = checkpoint.get("discriminator")
     else:
-        raw = strip_wrapper_prefixes(checkpoint.get("state_dict", checkpoint))
-        state, source = released_generator_state(raw, list(tokenizer.state_dict()), use_ema)
-        load_generator_state(tokenizer, state, f"{path} ({source} weights)")
+        raw, _ = generator_from_file(checkpoint, str(path))
         try:
             disc_state = released_discriminator_state(raw)
         except ValueError:

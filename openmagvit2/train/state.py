@@ -60,7 +60,7 @@ class TrainState:
                      **{name: entry.state_dict() if entry is not None else None
                         for name, entry in self.shared.items()},
                      **per_rank}
-            checkpoint.save_atomically(state, path)
+            checkpoint.save_atomically(state, path, keep_last=keep_last)  # prunes first when the disk is short
             checkpoint.prune(self.run_dir, keep_last)
         barrier(self.ctx)
         return path
