@@ -119,11 +119,12 @@ def released_generator_state(state: Mapping[str, torch.Tensor], names: list[str]
     return {key: value for key, value in state.items() if key.startswith(GENERATOR_PREFIXES)}, "raw"
 
 
-def load_generator_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_generator_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                         hint: str | None = None) -> None:
     """Strictly load `encoder.*`/`decoder.*` tensors, naming the first missing, unexpected or mis-shaped key."""
     expected = model.state_dict()
     generator = {key: value for key, value in state.items() if key.startswith(GENERATOR_PREFIXES)}
-    hint = "check the `model` argument (a v1 Base or v3 Large config, the right ch_mult) against the file"
+    hint = hint or "check the `model` argument (a v1 Base or v3 Large config, the right ch_mult) against the file"
     missing = [key for key in expected if key not in generator]
     if missing:
         raise KeyError(f"{source} lacks {missing[0]} ({len(missing)} generator key(s) missing): {hint}.")
