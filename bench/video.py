@@ -138,7 +138,7 @@ def train_rows(args: argparse.Namespace) -> list[dict]:
                 sync(args.device)
                 peak = torch.cuda.max_memory_allocated()
             else:
-                peak = peak_bytes(lambda: step(), lambda: None, args.device)  # noqa: PLW0108
+                peak = peak_bytes(step, lambda: None, args.device)
             entropy = min(entropy_s() for _ in range(args.repeats + 1))
             rows.append({"arch": arch, "variant": name, "step_s": step_s, "peak": peak, "entropy_s": entropy})
             print(f"done {arch} {name}: {step_s:.2f} s", file=sys.stderr, flush=True)

@@ -170,3 +170,12 @@ def test_init_from_inflates_an_image_file_and_loads_a_video_file(tmp_path: Path,
     message = initialise_video_from_checkpoint(tmp_path / "video.ckpt", target, discriminator, use_ema=False)
     assert message.startswith("video generator (raw weights) and 3D discriminator")
     assert same_weights(target, raw) and same_weights(discriminator, source_discriminator)
+
+
+def test_files_with_python_objects_are_refused_without_unpickling(tmp_path: Path, video_pair) -> None:
+    raw, ema = video_pair
+    checkpoint = released_layout(raw, ema)
+    checkpoint["hyper_parameters"] = Path("not/a/tensor")  # stands in for the Lightning objects of a real .ckpt
+    torch.save(checkpoint, tmp_path / "lightning.ckpt")
+    with pytest.raises(ValueError, match="holds Python objects besides tensors"):
+        VideoTokenizer.from_checkpoint(tmp_path / "lightning.ckpt")

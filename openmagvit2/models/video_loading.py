@@ -31,7 +31,12 @@ def read_video_checkpoint(path: Path, map_location: str | torch.device = "cpu") 
     Full unpickling is never used here; when `loading` gains a restricted unpickler for Lightning files, switch the
     call below to it.
     """
-    return read_checkpoint(path, map_location, weights_only=True)
+    try:
+        return read_checkpoint(path, map_location, weights_only=True)
+    except ValueError as error:
+        raise ValueError(f"{path} holds Python objects besides tensors (e.g. Lightning hyper-parameters), which the "
+                         f"safe loader refuses: save its tensors alone once where you trust the file, e.g. "
+                         f"torch.save({{'state_dict': ckpt['state_dict']}}, 'video_weights.ckpt').") from error
 
 
 def infer_video_hparams(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
