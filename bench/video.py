@@ -10,8 +10,9 @@ the detached reconstruction, backward, Adam; then an EMA lerp (0.999) over the g
 included (its VGG weights cannot be fetched here): on every frame it would add 34 VGG16 passes at 128 px per step.
 Rows: eager fp32; optionally channels_last_3d (model and clips), bf16 autocast, torch.compile of the generator.
 Time: the fastest of `--repeats` steps after `--warmup` untimed ones (the minimum is the least noisy estimate on a
-shared machine). Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the largest sum of live tensor bytes in
-the profiler's allocation events of one step (bench/lfq.py's `peak_bytes`). The entropy share: the LFQ's entropy
+shared machine). Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the resident tensors (weights, Adam
+moments, EMA) plus the largest sum of live tensor bytes in the profiler's allocation events of one step (bench/lfq.py's
+`peak_bytes`); both count tensors only (no allocator cache, no library scratch space). The entropy share: the LFQ's entropy
 terms forward + backward timed alone on a latent of the step's shape (`b 18 5 16 16`: 1,280 tokens per clip),
 divided by the step time.
 
@@ -47,8 +48,9 @@ MIB = 2 ** 20
 
 
 def build_step(arch: str, batch: int, frames: int, size: int, device: str, channels_last: bool, bf16: bool,
-               compile_model: bool) -> tuple[Callable[[], None], Callable[[], float], torch.Tensor]:
-    """One training step of the recipe as a closure, plus a timer of the entropy terms alone, and the clips."""
+               compile_model: bool) -> tuple[Callable[[], None], Callable[[], float], Callable[[], int]]:
+    """One training step of the recipe as a closure, a timer of the entropy terms alone, and the resident bytes
+    (weights, Adam moments, EMA copy: what lives between steps)."""
     torch.manual_seed(0)
     model = VideoTokenizer(**VIDEO_PRESETS[arch]).to(device).train()
     discriminator = NLayerDiscriminator3D().to(device).train()
@@ -97,7 +99,13 @@ def build_step(arch: str, batch: int, frames: int, size: int, device: str, chann
         z.grad = None
         return time.perf_counter() - start
 
-    return step, entropy_s, clips
+    def resident_bytes() -> int:
+        tensors = [*model.parameters(), *discriminator.parameters(), *discriminator.buffers(), *ema]
+        tensors += [value for opt in (opt_g, opt_d) for state in opt.state.values() for value in state.values()
+                    if torch.is_tensor(value)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    return step, entropy_s, resident_bytes
 
 
 def sync(device: str) -> None:
@@ -127,7 +135,7 @@ def train_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for arch in args.arch:
         for name, channels_last, bf16, compile_model in variants:
-            step, entropy_s, _ = build_step(arch, args.batch, args.frames, args.size, args.device, channels_last,
+            step, entropy_s, resident_bytes = build_step(arch, args.batch, args.frames, args.size, args.device, channels_last,
                                             bf16, compile_model)
             for _ in range(args.warmup):
                 step()
@@ -138,7 +146,7 @@ def train_rows(args: argparse.Namespace) -> list[dict]:
                 sync(args.device)
                 peak = torch.cuda.max_memory_allocated()
             else:
-                peak = peak_bytes(step, lambda: None, args.device)
+                peak = resident_bytes() + peak_bytes(step, lambda: None, args.device)
             entropy = min(entropy_s() for _ in range(args.repeats + 1))
             rows.append({"arch": arch, "variant": name, "step_s": step_s, "peak": peak, "entropy_s": entropy})
             print(f"done {arch} {name}: {step_s:.2f} s", file=sys.stderr, flush=True)
@@ -183,6 +191,13 @@ def read_pyav(path: Path, start: int, length: int) -> np.ndarray:
     return np.stack(frames)
 
 
+def read_ours(path: Path, start: int, length: int) -> np.ndarray:
+    """The chosen reader: `openmagvit2.data.video_clips.decode_clip` on the file's bytes (as stored in a shard)."""
+    from openmagvit2.data.video_clips import decode_clip
+
+    return decode_clip(path.read_bytes(), length, start=start)
+
+
 def read_decord(path: Path, start: int, length: int) -> np.ndarray:
     import decord
 
@@ -215,7 +230,8 @@ def read_torchvision(path: Path, start: int, length: int) -> np.ndarray:
     return video.numpy()
 
 
-READERS = {"pyav (seek + decode)": ("av", read_pyav), "decord (get_batch)": ("decord", read_decord),
+READERS = {"decode_clip (ours: pyav from bytes)": ("av", read_ours), "pyav (seek + decode)": ("av", read_pyav),
+           "decord (get_batch)": ("decord", read_decord),
            "decord (all frames, upstream)": ("decord", read_decord_all), "opencv": ("cv2", read_opencv),
            "torchvision.io.read_video": ("av", read_torchvision)}
 

@@ -52,6 +52,7 @@ def test_decoding_17_consecutive_frames(video_folder: Path) -> None:
     centre = decode_clip(data, 17)
     assert centre.shape == (17, 32, 48, 3) and centre.dtype == np.uint8
     assert frame_indices(centre) == list(range(4, 21))  # (25 - 17) // 2 = 4
+    assert frame_indices(decode_clip(data, 17, start=7)) == list(range(7, 24))  # seeks past a keyframe (GOP 6)
     starts = set()
     for seed in range(8):
         clip = decode_clip(data, 17, random.Random(seed))

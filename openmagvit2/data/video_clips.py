@@ -62,8 +62,10 @@ def _decode_range(container, stream, first: int, stop: int) -> list[np.ndarray]:
     return frames
 
 
-def decode_clip(data: bytes, length: int = 17, rng: random.Random | None = None) -> np.ndarray:
-    """`length` consecutive frames `t h w 3` uint8 of an encoded video: a random start with `rng`, else the centre.
+def decode_clip(data: bytes, length: int = 17, rng: random.Random | None = None, start: int | None = None
+                ) -> np.ndarray:
+    """`length` consecutive frames `t h w 3` uint8 of an encoded video: from `start` if given, else a random start
+    with `rng`, else the centre.
 
     Uses the container's frame count to pick the start; when it is unknown or the seek comes back short, decodes
     every frame and slices (upstream's way). Raises ShortVideoError for videos shorter than `length`.
@@ -75,7 +77,8 @@ def decode_clip(data: bytes, length: int = 17, rng: random.Random | None = None)
         stream.thread_type = "AUTO"
         total = stream.frames
         if total >= length:
-            start = rng.randint(0, total - length) if rng is not None else (total - length) // 2
+            if start is None:
+                start = rng.randint(0, total - length) if rng is not None else (total - length) // 2
             frames = _decode_range(container, stream, start, start + length)
             if len(frames) == length:
                 return np.stack(frames)
@@ -83,7 +86,8 @@ def decode_clip(data: bytes, length: int = 17, rng: random.Random | None = None)
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if len(frames) < length:
         raise ShortVideoError(f"the video has {len(frames)} decodable frames, fewer than a {length}-frame clip.")
-    start = rng.randint(0, len(frames) - length) if rng is not None else (len(frames) - length) // 2
+    if start is None or start + length > len(frames):
+        start = rng.randint(0, len(frames) - length) if rng is not None else (len(frames) - length) // 2
     return np.stack(frames[start:start + length])
 
 
