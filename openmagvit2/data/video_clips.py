@@ -74,7 +74,7 @@ def decode_clip(data: bytes, length: int = 17, rng: random.Random | None = None,
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = 1  # one decoding thread per loader worker; the workers give parallelism
         total = stream.frames
         if total >= length:
             if start is None:
