@@ -155,11 +155,13 @@ def architecture_hint(file_state: Mapping[str, Any]) -> str:
     return f"the file holds {describe_architecture(architecture)}: {advice}"
 
 
-def check_fits(model: nn.Module, file_state: Mapping[str, Any], label: str, requested: str) -> None:
+def check_fits(model: nn.Module, file_state: Mapping[str, Any], label: str, requested: str,
+               hint: str | None = None) -> None:
     """Refuse unless the file's `encoder.*`/`decoder.*` tensors are exactly the model's keys with the model's shapes.
 
     Counts every missing, unexpected and mis-shaped key (a released v3 file also fits a v1 model's key names for
-    half of its tensors, so looking only at what the model asks for is not enough).
+    half of its tensors, so looking only at what the model asks for is not enough). `hint` replaces the image
+    architecture read off the file (e.g. for the video tokenizer).
     """
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
@@ -178,7 +180,7 @@ def check_fits(model: nn.Module, file_state: Mapping[str, Any], label: str, requ
                         f"mis-shaped key(s))")
     if problems:
         raise CheckpointMismatchError(f"{label} does not fit {requested}: {'; '.join(problems)}; "
-                                      f"{architecture_hint(file_state)}.")
+                                      f"{hint or architecture_hint(file_state)}.")
 
 
 def released_generator_state(state: Mapping[str, torch.Tensor], names: list[str], use_ema: bool, label: str = "the file"
@@ -201,9 +203,10 @@ def released_generator_state(state: Mapping[str, torch.Tensor], names: list[str]
     return {key: value for key, value in state.items() if key.startswith(GENERATOR_PREFIXES)}, "raw"
 
 
-def load_generator_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_generator_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                         hint: str | None = None) -> None:
     """Strictly load a generator state dict: every key the model has, no other key, each with the model's shape."""
-    check_fits(model, state, source, "the model")
+    check_fits(model, state, source, "the model", hint)
     others = [key for key in state if not key.startswith(GENERATOR_PREFIXES)]
     if others:
         raise CheckpointMismatchError(f"{source} has {others[0]}, which is not a generator weight ({len(others)} "

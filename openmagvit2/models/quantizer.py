@@ -22,8 +22,8 @@ _LFQ = QuantizerConfig()  # the schema's defaults (the Open-MAGVIT2 recipe)
 class LFQOutput(NamedTuple):
     """What `LFQ.forward` returns. Losses are scalars; they are zeros when not computed (eval mode)."""
 
-    quantized: torch.Tensor  # `b k h w`, +-1 values with a straight-through gradient to z
-    indices: torch.Tensor  # `b h w`, int64 in [0, 2^k)
+    quantized: torch.Tensor  # `b k h w` (video: `b k t h w`), +-1 values with a straight-through gradient to z
+    indices: torch.Tensor  # `b h w` (video: `b t h w`), int64 in [0, 2^k)
     entropy_loss: torch.Tensor  # sample_minimization_weight * per_sample - batch_maximization_weight * codebook
     per_sample_entropy: torch.Tensor  # mean over tokens of H(p_n), nats
     codebook_entropy: torch.Tensor  # H(mean_n p_n) in the reference's log(p + eps) form, nats
@@ -93,28 +93,40 @@ class LFQ(nn.Module):
                 f"across_ranks={self.entropy_across_ranks}")
 
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
-        """Pack bits (channel > 0) into token indices. codes: `b k h w` (any real values). Returns `b h w` int64."""
+        """Pack bits (channel > 0) into token indices. codes: `b k h w` or `b k t h w` (any real values).
+
+        Returns `b h w` (or `b t h w`) int64.
+        """
         self._check_channels(codes)
         bits = (codes > 0).long()
-        return (bits * rearrange(self.bit_values.to(bits.device), "k -> k 1 1")).sum(dim=1)
+        bit_values = self.bit_values.to(bits.device).view(-1, *[1] * (codes.ndim - 2))  # `k 1 1` or `k 1 1 1`
+        return (bits * bit_values).sum(dim=1)
 
     def indices_to_codes(self, indices: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Unpack token indices `b h w` (int) into +-1 codes `b k h w` with the same bit order."""
+        """Unpack token indices `b h w` or `b t h w` (int) into +-1 codes `b k h w` / `b k t h w`, same bit order."""
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}; pass the `indices` of encode().")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
             raise ValueError(f"indices must lie in [0, {self.codebook_size}) for codebook_bits={self.codebook_bits}; "
                              f"got values in [{int(indices.min())}, {int(indices.max())}].")
-        bits = (indices.long()[..., None] // self.bit_values.to(indices.device)) % 2  # `b h w k`
-        return rearrange(2 * bits - 1, "b h w k -> b k h w").to(dtype)
+        bits = (indices.long()[..., None] // self.bit_values.to(indices.device)) % 2  # `b h w k` or `b t h w k`
+        return rearrange(2 * bits - 1, "b ... k -> b k ...").to(dtype)
 
     def forward(self, z: torch.Tensor, compute_losses: bool | None = None) -> LFQOutput:
-        """Quantize `b k h w` latents.
+        """Quantize `b k h w` image latents or `b k t h w` video latents (then indices are `b t h w`).
+
+        Video latents are quantized as `b k (t h) w`: every (t, h, w) position is one token, and the entropy terms
+        run over all of them in (b, t, h, w) order, as the reference's `b d t h w -> b (t h w) d` does.
 
         compute_losses: compute entropy and commitment (default: in training mode only, as the reference does);
         otherwise they are returned as zeros and no entropy work is done. The entropy terms run in fp32 (fp64 for
         fp64 input) even under autocast.
         """
+        if z.ndim == 5:
+            frames = z.shape[2]
+            out = self.forward(rearrange(z, "b k t h w -> b k (t h) w"), compute_losses)
+            return out._replace(quantized=rearrange(out.quantized, "b k (t h) w -> b k t h w", t=frames),
+                                indices=rearrange(out.indices, "b (t h) w -> b t h w", t=frames))
         self._check_channels(z)
         ones = torch.ones((), dtype=z.dtype, device=z.device)
         codes = torch.where(z > 0, ones, -ones)
@@ -140,6 +152,7 @@ class LFQ(nn.Module):
         return LFQOutput(quantized, indices, entropy_loss, per_sample, codebook, commitment)
 
     def _check_channels(self, z: torch.Tensor) -> None:
-        if z.ndim != 4 or z.shape[1] != self.codebook_bits:
-            raise ValueError(f"LFQ expects latents of shape (b, {self.codebook_bits}, h, w), got {tuple(z.shape)}: "
+        if z.ndim not in (4, 5) or z.shape[1] != self.codebook_bits:
+            raise ValueError(f"LFQ expects latents of shape (b, {self.codebook_bits}, h, w) or (b, "
+                             f"{self.codebook_bits}, t, h, w), got {tuple(z.shape)}: "
                              f"the encoder's z_channels must equal quantizer.codebook_bits.")

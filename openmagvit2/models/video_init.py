@@ -1,0 +1,47 @@
+"""`train.init_from` for video runs: start a video tokenizer from a video checkpoint, or inflate it from an image one.
+
+The file is read once. A video file (released or ours) loads strictly, with its 3D discriminator when it has one; an
+image file (released 2D `.ckpt` or ours) is inflated by the last-slice rule (§4) and the 3D discriminator starts from
+scratch, as upstream (no discriminator or LPIPS weights are taken from the image checkpoint).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from openmagvit2.models.inflate import image_key, inflate_state
+from openmagvit2.models.loading import FORMAT, load_generator_state, strip_wrapper_prefixes
+from openmagvit2.models.video_loading import HINT, IMAGE_KEY, read_video_checkpoint, video_generator_state
+
+RELEASED_DISCRIMINATOR_PREFIX = "loss.discriminator."
+
+
+def initialise_video_from_checkpoint(path: str | Path, video: nn.Module, discriminator: nn.Module | None = None,
+                                     use_ema: bool = True) -> str:
+    """Load or inflate `video`'s generator (EMA copy when asked and present), and the discriminator; says what it did."""
+    path = Path(path)
+    checkpoint = read_video_checkpoint(path)
+    raw_state, _, _ = video_generator_state(checkpoint, None, use_ema=False, path=path)
+    if IMAGE_KEY in raw_state:
+        names = [image_key(key) for key in video.state_dict()]
+        state, source, _ = video_generator_state(checkpoint, names, use_ema, path)
+        video.load_state_dict(inflate_state(state, video), strict=True)
+        return (f"video generator inflated from the image tokenizer's {source} weights in {path}; the 3D "
+                f"discriminator starts from scratch")
+    state, source, _ = video_generator_state(checkpoint, list(video.state_dict()), use_ema, path)
+    load_generator_state(video, state, f"{path} ({source} weights)", hint=HINT)
+    if checkpoint.get("format") == FORMAT:
+        disc_state = checkpoint.get("discriminator")
+    else:
+        raw = strip_wrapper_prefixes(checkpoint.get("state_dict", checkpoint))
+        disc_state = {key[len(RELEASED_DISCRIMINATOR_PREFIX):]: value for key, value in raw.items()
+                      if key.startswith(RELEASED_DISCRIMINATOR_PREFIX)} or None
+    if discriminator is None or disc_state is None:
+        return f"video generator ({source} weights) from {path}; the 3D discriminator starts from scratch"
+    try:
+        discriminator.load_state_dict(disc_state)
+    except RuntimeError as error:
+        raise ValueError(f"the discriminator in {path} does not match the 3D discriminator's settings: "
+                         f"{str(error).splitlines()[0]}") from None
+    return f"video generator ({source} weights) and 3D discriminator from {path}"
