@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from openmagvit2.data.decode import CorruptImageError, decode_image
-from openmagvit2.data.synthetic import broken_images, odd_images, png_rgb16
+from synthetic_images import broken_images, odd_images, png_rgb16
 from openmagvit2.data.transforms import (center_crop_box, resize_short_side, sample_rng, to_model_range,
                                          train_transform, val_transform)
 

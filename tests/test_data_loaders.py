@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from openmagvit2.data import build_train_loader, build_val_loader, validate_data_config
 from openmagvit2.data.folder import scan_image_folder
-from openmagvit2.data.synthetic import broken_images, odd_images, write_image_folder
+from synthetic_images import broken_images, odd_images, write_image_folder
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "data")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from openmagvit2.data import build_train_loader, build_val_loader, validate_data_config
 from openmagvit2.data.make_shards import convert, main
-from openmagvit2.data.synthetic import broken_images, odd_images
+from synthetic_images import broken_images, odd_images
 from openmagvit2.data.shards import ShardError, default_index_path, iter_shard
 
 NUM_IMAGES = 80

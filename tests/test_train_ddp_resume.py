@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import FAST_OVERRIDES, run_entry_point
 from openmagvit2.data.make_shards import convert
-from openmagvit2.data.synthetic import broken_images
+from synthetic_images import broken_images
 from openmagvit2.train.checkpoint import checkpoint_path, latest_checkpoint, load
 
 pytestmark = pytest.mark.slow
