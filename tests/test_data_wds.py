@@ -206,7 +206,8 @@ def test_odd_samples_decode_broken_are_skipped_and_counted(messy_shards, caplog)
     val = build_val_loader(cfg, 5, 0, 1)
     images = torch.cat(list(val))
     assert images.shape[0] == 16 + len(odd_images()) + 1
-    assert val.stats() == {"images": images.shape[0], "skipped_corrupt": len(broken_images())}
+    assert val.stats() == {"images": images.shape[0], "skipped_corrupt": len(broken_images()), "missing_files": 0,
+                           "skipped_too_large": 0, "skipped_aspect": 0}
 
     train = build_train_loader(cfg, 4, 0, 1, seed=0)
     with caplog.at_level(logging.WARNING):
@@ -215,7 +216,7 @@ def test_odd_samples_decode_broken_are_skipped_and_counted(messy_shards, caplog)
     stats = train.stats()
     assert stats["skipped_corrupt"] >= len(broken_images()) - 1  # the tail of the epoch may hold one
     assert stats["missing_label"] >= 1
-    assert "skipped a corrupt sample" in caplog.text
+    assert "skipped (skipped_corrupt)" in caplog.text
 
 
 def test_unreadable_shard_is_an_error_naming_it(shards, tmp_path):

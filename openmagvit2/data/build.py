@@ -9,13 +9,19 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from .folder import FolderTrain, FolderVal, scan_image_folder
-from .loaders import MapStyleTrainLoader, MapStyleValLoader
+from .decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageLimits
+from .folder import FolderTrain, FolderVal, has_images, scan_image_folder
+from .loaders import MapStyleTrainLoader, MapStyleValLoader, SkipPolicy
 from .sample import SampleTrain, SampleVal, check_photo_names
 from .shards import default_index_path, expand_shards, missing_local_shards, read_index
 from .wds import WdsTrainLoader, WdsValLoader
 
 SOURCES = ("sample", "imagenet_folder", "imagenet_wds")
+VAL_KEYS = {"sample": "val_photos", "imagenet_folder": "val_dir", "imagenet_wds": "val_shards"}
+
+
+class NoValidationSetError(ValueError):
+    """``build_val_loader`` on a config whose validation set is null (``data.val_dir=null``)."""
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -42,6 +48,9 @@ def _check_dir(cfg: Any, key: str, required: bool) -> None:
     if not os.path.isdir(str(path)):
         raise ValueError(f"data.{key}={str(path)!r} does not exist or is not a directory: set data.{key} "
                          "(or data.root) to your image folder.")
+    if not has_images(str(path)):
+        raise ValueError(f"data.{key}={str(path)!r} holds no images: point data.{key} at a folder of images "
+                         "(<class>/*.JPEG or loose images).")
 
 
 def _check_shards(cfg: Any, key: str, required: bool) -> None:
@@ -98,6 +107,9 @@ def validate_data_config(data_cfg: Any) -> None:
                                  "shards): set data.shards_index to it or data.epoch_samples to the sample count.")
         else:
             _require_int(data_cfg, "epoch_samples", 1)
+    if name != "sample":  # the bundled photos are never skipped
+        _image_limits(data_cfg)
+        _skip_policy(data_cfg)
 
 
 def _wds_counts(data_cfg: Any, urls: list[str]) -> tuple[list[int] | None, int]:
@@ -118,53 +130,87 @@ def _wds_counts(data_cfg: Any, urls: list[str]) -> tuple[list[int] | None, int]:
     return counts, total
 
 
-def build_train_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int,
-                       seed: int) -> MapStyleTrainLoader | WdsTrainLoader:
+def has_validation_set(data_cfg: Any) -> bool:
+    """False when the config's validation set is null (``data.val_dir=null``: "no validation set")."""
+    return _get(data_cfg, VAL_KEYS.get(_get(data_cfg, "name"), "val_dir")) is not None
+
+
+def _image_limits(data_cfg: Any) -> ImageLimits:
+    """``data.max_pixels`` and ``data.max_aspect_ratio`` (checked from the header, before decoding)."""
+    limits = ImageLimits(int(_get(data_cfg, "max_pixels", DEFAULT_MAX_PIXELS)),
+                         float(_get(data_cfg, "max_aspect_ratio", DEFAULT_MAX_ASPECT_RATIO)))
+    if limits.max_pixels < 1 or limits.max_aspect_ratio < 1:
+        raise ValueError(f"data.max_pixels={limits.max_pixels} and data.max_aspect_ratio={limits.max_aspect_ratio} "
+                         "must be at least 1.")
+    return limits
+
+
+def _skip_policy(data_cfg: Any) -> SkipPolicy:
+    """``data.max_skip_rate`` over windows of ``data.skip_window`` samples read."""
+    policy = SkipPolicy(float(_get(data_cfg, "max_skip_rate", 0.01)), int(_get(data_cfg, "skip_window", 2000)))
+    if not 0.0 <= policy.max_skip_rate <= 1.0 or policy.window < 1:
+        raise ValueError(f"data.max_skip_rate={policy.max_skip_rate} must be in [0, 1] and data.skip_window="
+                         f"{policy.window} at least 1.")
+    return policy
+
+
+def build_train_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int, seed: int,
+                       pin_memory: bool = False) -> MapStyleTrainLoader | WdsTrainLoader:
     """The endless training loader of ``data.name`` for this rank: iterate for float ``b 3 H W`` batches in [-1, 1].
 
-    The object has ``epoch_size`` (batches per epoch, equal on every rank), ``state_dict()``, ``load_state_dict()``
-    and ``stats()``.
+    The object has ``epoch_size`` (batches per epoch, equal on every rank, also ``len()``), ``state_dict()``,
+    ``load_state_dict()`` and ``stats()``. ``pin_memory=True`` (CUDA runs) returns page-locked batches for
+    ``.to(device, non_blocking=True)``. Raises ``DataError`` mid-run when more than ``data.max_skip_rate`` of the
+    samples read are unusable (missing or broken files).
     """
     validate_data_config(data_cfg)
     name = _get(data_cfg, "name")
     size = int(_get(data_cfg, "image_size"))
     hflip = bool(_get(data_cfg, "hflip", False))
     workers = int(_get(data_cfg, "num_workers", 0))
+    common = dict(batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, policy=_skip_policy(data_cfg),
+                  pin_memory=pin_memory)
     if name == "sample":
         source = SampleTrain(list(_get(data_cfg, "train_photos")), size, int(_get(data_cfg, "epoch_crops")),
                              tuple(float(v) for v in _get(data_cfg, "crop_scale", (0.25, 0.75))), hflip)
-        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, workers, name)
+        return MapStyleTrainLoader(source, num_workers=workers, name=name, where="data=sample", **common)
     if name == "imagenet_folder":
-        listing = scan_image_folder(str(_get(data_cfg, "train_dir")), "data.train_dir")
-        source = FolderTrain(listing, size, hflip, bool(_get(data_cfg, "jpeg_draft", False)))
-        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, workers, name)
+        train_dir = str(_get(data_cfg, "train_dir"))
+        listing = scan_image_folder(train_dir, "data.train_dir")
+        source = FolderTrain(listing, size, hflip, bool(_get(data_cfg, "jpeg_draft", False)), _image_limits(data_cfg))
+        return MapStyleTrainLoader(source, num_workers=workers, name=name, where=f"data.train_dir={train_dir!r}",
+                                   **common)
     urls = expand_shards(_get(data_cfg, "shards"))
     counts, total = _wds_counts(data_cfg, urls)
     return WdsTrainLoader(urls, counts=counts, total_samples=total, image_size=size, hflip=hflip,
-                          draft=bool(_get(data_cfg, "jpeg_draft", False)),
+                          draft=bool(_get(data_cfg, "jpeg_draft", False)), limits=_image_limits(data_cfg),
                           shuffle_buffer=int(_get(data_cfg, "shuffle_buffer", 1000)),
-                          shard_shuffle=bool(_get(data_cfg, "shard_shuffle", True)), batch_size=batch_size,
-                          rank=rank, world_size=world_size, seed=seed, num_workers=workers)
+                          shard_shuffle=bool(_get(data_cfg, "shard_shuffle", True)), num_workers=workers,
+                          where=f"data.shards={str(_get(data_cfg, 'shards'))!r}", **common)
 
 
-def build_val_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int,
-                     max_images: int | None = None) -> MapStyleValLoader | WdsValLoader:
+def build_val_loader(data_cfg: Any, batch_size: int, rank: int, world_size: int, max_images: int | None = None,
+                     pin_memory: bool = False) -> MapStyleValLoader | WdsValLoader:
     """The ordered validation loader (centre crops, float ``b 3 H W``): one pass, each image once across ranks.
 
-    ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip count.
+    ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip counts.
+    Raises :class:`NoValidationSetError` when the config has none (check :func:`has_validation_set` first).
     """
     validate_data_config(data_cfg)
     name = _get(data_cfg, "name")
+    if not has_validation_set(data_cfg):
+        key = VAL_KEYS[name]
+        raise NoValidationSetError(f"data.{key} is null, so data={name} has no validation set: set data.{key} to "
+                                   "one to evaluate.")
     size = int(_get(data_cfg, "image_size"))
-    workers = int(_get(data_cfg, "num_workers", 0))
+    common = dict(batch_size=batch_size, rank=rank, world_size=world_size, max_images=max_images,
+                  num_workers=int(_get(data_cfg, "num_workers", 0)), pin_memory=pin_memory)
     if name == "sample":
         source = SampleVal(list(_get(data_cfg, "val_photos")), size, int(_get(data_cfg, "val_crops")),
                            tuple(float(v) for v in _get(data_cfg, "crop_scale", (0.25, 0.75))))
-        return MapStyleValLoader(source, batch_size, rank, world_size, workers, max_images, name)
+        return MapStyleValLoader(source, name=name, **common)
     if name == "imagenet_folder":
-        _check_dir(data_cfg, "val_dir", required=True)
         listing = scan_image_folder(str(_get(data_cfg, "val_dir")), "data.val_dir")
-        return MapStyleValLoader(FolderVal(listing, size), batch_size, rank, world_size, workers, max_images, name)
-    _check_shards(data_cfg, "val_shards", required=True)
-    return WdsValLoader(expand_shards(_get(data_cfg, "val_shards")), image_size=size, batch_size=batch_size,
-                        rank=rank, world_size=world_size, num_workers=workers, max_images=max_images)
+        return MapStyleValLoader(FolderVal(listing, size, _image_limits(data_cfg)), name=name, **common)
+    return WdsValLoader(expand_shards(_get(data_cfg, "val_shards")), image_size=size, limits=_image_limits(data_cfg),
+                        **common)
