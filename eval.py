@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2 import weights
 from openmagvit2.config import ConfigError, data_config
+from openmagvit2.data.build import NoValidationSetError
 from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
                               save_reconstruction_grid)
 from openmagvit2.eval.report import SEED_TABLE_HEADER, markdown_row, print_results, write_metrics_json
@@ -175,7 +176,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, weights.MissingWeightsError, CheckpointError) as error:
+    except (ConfigError, weights.MissingWeightsError, CheckpointError, NoValidationSetError) as error:
         print(f"eval.py: {error}", file=sys.stderr)
         sys.exit(2)
 

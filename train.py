@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2.config import ConfigError, validate_config
-from openmagvit2.data import build_train_loader
+from openmagvit2.data import DataError, build_train_loader
 from openmagvit2.io.safe_load import CheckpointError
 from openmagvit2.train import checkpoint
 from openmagvit2.train.checkpoint import DiskFullError
@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> None:
         # Handlers go in first: a pre-emption warning during start-up is honoured at the first step boundary.
         with PreemptionFlag() as preemption:
             exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_names(cfg), preemption)
-    except (ConfigError, MissingWeightsError, CheckpointError, DiskFullError) as error:
+    except (ConfigError, MissingWeightsError, CheckpointError, DiskFullError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         exit_code = 2
     except KeyboardInterrupt:  # a second Ctrl-C: the first one asks for a checkpoint at the next step boundary
@@ -101,7 +101,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
 
         seed_everything(cfg.seed)  # the same on every rank while the models are built
         task = build_task(config, ctx, fine_tune=saved is None)
-        batches = build_train_loader(config.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed)
+        batches = build_train_loader(config.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed,
+                                     pin_memory=ctx.device.type == "cuda")
         seed_everything(cfg.seed + ctx.rank)  # models are built identically; from here on each rank draws its own
         state = TrainState(run_dir, ctx, config=resolved_config, extra=task.extra_state(),
                            shared=task.checkpointed(), per_rank={"data": batches})

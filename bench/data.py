@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from openmagvit2.data import build_train_loader  # noqa: E402
 from openmagvit2.data.make_shards import convert  # noqa: E402
-from openmagvit2.data.synthetic import write_image_folder  # noqa: E402
+from tests.synthetic_images import write_image_folder  # noqa: E402
 from openmagvit2.data.transforms import to_model_range  # noqa: E402
 
 Batches = Callable[[], Iterable[torch.Tensor]]

@@ -241,16 +241,41 @@ class SampleDataConfig(DataConfig):
 
 
 def _check_dir(key: str, path: Optional[str], required: bool) -> None:
+    from openmagvit2.data.folder import has_images
+
     if path is None:
         check(not required, f"data.{key}", path, "the path of an image folder")
         return
     if not os.path.isdir(str(path)):
         raise ConfigError(f"data.{key}={str(path)!r} does not exist or is not a directory: set data.{key} "
                           "(or data.root) to your image folder.")
+    if not has_images(str(path)):
+        raise ConfigError(f"data.{key}={str(path)!r} holds no images: point data.{key} at a folder of images "
+                          "(<class>/*.JPEG or loose images).")
 
 
 @dataclass
-class FolderDataConfig(DataConfig):
+class FileDataConfig(DataConfig):
+    """What real files on disk can get wrong: caps checked from an image's header before decoding, and the share of
+    unusable samples (missing, corrupt, too large, extreme aspect ratio) past which a run stops (docs/data.md)."""
+
+    max_pixels: int = 89_478_485  # PIL's own decompression-bomb threshold
+    max_aspect_ratio: float = 10.0  # long side / short side, checked before resizing
+    max_skip_rate: float = 0.01  # stop (DataError) when more than this share of a window's samples were skipped
+    skip_window: int = 2000  # samples read per rate check (per rank)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _int_at_least("data.max_pixels", self.max_pixels, 1)
+        check(_is_number(self.max_aspect_ratio) and self.max_aspect_ratio >= 1, "data.max_aspect_ratio",
+              self.max_aspect_ratio, "a number >= 1")
+        check(_is_number(self.max_skip_rate) and 0 <= self.max_skip_rate <= 1, "data.max_skip_rate",
+              self.max_skip_rate, "a number in [0, 1]")
+        _int_at_least("data.skip_window", self.skip_window, 1)
+
+
+@dataclass
+class FolderDataConfig(FileDataConfig):
     """ImageNet (or any image folder) on disk: <split>/<synset>/*.JPEG. Set IMAGENET_ROOT or data.root.
 
     Train: resize short side to image_size (bilinear, antialiased) + random crop (+ flip if hflip). Val: centre crop."""
@@ -286,7 +311,7 @@ def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
 
 
 @dataclass
-class WdsDataConfig(DataConfig):
+class WdsDataConfig(FileDataConfig):
     """ImageNet as WebDataset tar shards written by `make shards` (python -m openmagvit2.data.make_shards).
 
     Set IMAGENET_SHARDS or data.root to the folder holding train-*.tar, val-*.tar and their index JSONs."""

@@ -7,8 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from openmagvit2.data.decode import CorruptImageError, decode_image
-from openmagvit2.data.synthetic import broken_images, odd_images, png_rgb16
+import warnings
+
+from openmagvit2.data.decode import (CorruptImageError, ExtremeAspectRatioError, ImageLimits, ImageTooLargeError,
+                                     MissingImageError, decode_image)
+from synthetic_images import broken_images, odd_images, png_rgb16
 from openmagvit2.data.transforms import (center_crop_box, resize_short_side, sample_rng, to_model_range,
                                          train_transform, val_transform)
 
@@ -34,9 +37,42 @@ def test_broken_images_raise_corrupt_image_error(name):
         decode_image(broken_images()[name])
 
 
-def test_missing_file_is_corrupt(tmp_path):
-    with pytest.raises(CorruptImageError):
+def test_missing_file_is_missing_not_corrupt(tmp_path):
+    with pytest.raises(MissingImageError, match="not found") as caught:
         decode_image(str(tmp_path / "absent.jpg"))
+    assert not isinstance(caught.value, CorruptImageError) and caught.value.counter == "missing_files"
+
+
+def test_pixel_cap_is_checked_from_the_header_before_decoding(monkeypatch):
+    data = _png(Image.new("L", (400, 300)))
+    loads, original_load = [], Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.size) or original_load(self))
+    with pytest.raises(ImageTooLargeError, match=r"400x300 = 120,000 pixels.*data\.max_pixels=100,000") as caught:
+        decode_image(data, limits=ImageLimits(max_pixels=100_000))
+    assert caught.value.counter == "skipped_too_large"
+    assert loads == []  # refused from the header: no pixel was decoded
+    assert decode_image(data, limits=ImageLimits(max_pixels=120_000)).size == (400, 300)
+    assert loads
+
+
+def test_a_bomb_above_pils_threshold_is_refused_and_the_warning_filter_is_untouched():
+    # 10000 x 10000 = 100 MP: above PIL's 89.5 MP warning threshold, below its 179 MP error: PIL would only warn.
+    data = _png(Image.new("1", (10000, 10000)))
+    with pytest.raises(ImageTooLargeError, match="100,000,000 pixels"):
+        decode_image(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Image.open(io.BytesIO(data))  # outside decode_image PIL's own warning still fires (nothing global changed)
+    assert any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+
+
+def test_aspect_ratio_cap_refuses_strips_before_resizing():
+    strip = _png(Image.new("RGB", (1, 4000)))
+    with pytest.raises(ExtremeAspectRatioError, match="side ratio of 4000.0.*max_aspect_ratio=10") as caught:
+        decode_image(strip)
+    assert caught.value.counter == "skipped_aspect"
+    assert decode_image(_png(Image.new("RGB", (100, 1000)))).size == (100, 1000)  # exactly 10: allowed
+    assert decode_image(strip, limits=ImageLimits(max_aspect_ratio=4000)).size == (1, 4000)
 
 
 def test_16bit_grayscale_is_rescaled_not_clipped():

@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from conftest import compose_group
 from openmagvit2.config import data_config
-from openmagvit2.data import build_train_loader, build_val_loader
+from openmagvit2.data import DataError, NoValidationSetError, build_train_loader, build_val_loader, has_validation_set
 from openmagvit2.data.folder import scan_image_folder
-from openmagvit2.data.synthetic import broken_images, odd_images, write_image_folder
+from synthetic_images import broken_images, odd_images, write_image_folder
 
 
 
@@ -141,20 +141,102 @@ def test_folder_training_skips_and_counts_corrupt_files(image_folder, caplog):
 
 
 def test_folder_resume_is_exact_with_workers(image_folder):
-    cfg = folder_cfg(image_folder, num_workers=2)
-    straight = take(build_train_loader(cfg, 4, 0, 1, seed=5), 10)
+    cfg = folder_cfg(image_folder, num_workers=2, skip_window=7, max_skip_rate=0.9)
+    uninterrupted = build_train_loader(cfg, 4, 0, 1, seed=5)
+    straight = take(uninterrupted, 10)
     first = build_train_loader(cfg, 4, 0, 1, seed=5)
     head = take(first, 4)
-    resumed = build_train_loader(folder_cfg(image_folder, num_workers=0), 4, 0, 1, seed=5)
+    resumed = build_train_loader(OmegaConf.merge(cfg, {"num_workers": 0}), 4, 0, 1, seed=5)
     resumed.load_state_dict(first.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(head + take(resumed, 6), straight))
+    assert resumed.state_dict() == uninterrupted.state_dict()  # position, skip counters and the rate window
+
+
+@pytest.fixture
+def clean_folder(tmp_path):
+    """2 classes x 16 photo-like JPEGs, nothing broken."""
+    write_image_folder(str(tmp_path / "train"), num_classes=2, per_class=16, size_range=(24, 40), seed=2)
+    return tmp_path
+
+
+def test_deleting_half_the_folder_mid_run_stops_with_a_one_line_error(clean_folder, caplog):
+    cfg = folder_cfg(clean_folder, max_skip_rate=0.01, skip_window=16, val_dir=None)
+    loader = build_train_loader(cfg, 4, 0, 1, seed=0)
+    iterator = iter(loader)
+    for _ in range(3):
+        next(iterator)
+    for path in (clean_folder / "train" / "n00000001").iterdir():
+        path.unlink()  # half of the folder disappears mid-run
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError) as caught:
+        for _ in range(2 * loader.epoch_size):
+            next(iterator)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"data.train_dir={str(clean_folder / 'train')!r}" in message and "max_skip_rate=0.01" in message
+    assert "%" in message and "missing_files" in message
+    stats = loader.stats()
+    assert stats["missing_files"] > 0 and stats["skipped_corrupt"] == 0  # missing is not corrupt
+    assert "skipped (missing_files)" in caplog.text and "n00000001" in caplog.text
+
+
+def test_a_few_missing_files_are_counted_separately_below_the_cap(clean_folder):
+    cfg = folder_cfg(clean_folder, max_skip_rate=0.5, skip_window=16, val_dir=None)
+    loader = build_train_loader(cfg, 4, 0, 1, seed=0)
+    (clean_folder / "train" / "n00000000" / "img_0000_00003.JPEG").unlink()
+    batches = take(loader, loader.epoch_size)
+    assert all(batch.shape == (4, 3, 16, 16) for batch in batches)  # replaced, never a smaller batch
+    assert loader.stats()["missing_files"] == 1 and loader.stats()["skipped_corrupt"] == 0
+
+
+def test_hostile_images_are_skipped_before_decoding_and_counted(clean_folder):
+    from PIL import Image
+
+    Image.new("RGB", (1, 400)).save(clean_folder / "train" / "n00000000" / "strip.png")
+    Image.new("RGB", (300, 300)).save(clean_folder / "train" / "n00000001" / "huge.png")
+    cfg = folder_cfg(clean_folder, max_pixels=300 * 300 - 1, max_aspect_ratio=10, max_skip_rate=1.0, val_dir=None)
+    loader = build_train_loader(cfg, 2, 0, 1, seed=0)
+    take(loader, loader.epoch_size)
+    stats = loader.stats()
+    assert stats["skipped_aspect"] == 1 and stats["skipped_too_large"] == 1 and stats["skipped_corrupt"] == 0
+    val = build_val_loader(folder_cfg(clean_folder, val_dir=str(clean_folder / "train"), max_pixels=300 * 300 - 1),
+                           4, 0, 1)
+    assert sum(len(batch) for batch in val) == 32
+    assert val.stats()["skipped_aspect"] == 1 and val.stats()["skipped_too_large"] == 1
+
+
+def test_no_validation_set_is_allowed_and_named(clean_folder):
+    cfg = folder_cfg(clean_folder, val_dir=None)
+    data_config(cfg)  # "null = no validation set" is a valid config
+    assert not has_validation_set(cfg) and has_validation_set(sample_cfg())
+    assert len(build_train_loader(cfg, 4, 0, 1, seed=0)) == 8
+    with pytest.raises(NoValidationSetError, match=r"data\.val_dir is null.*no validation set"):
+        build_val_loader(cfg, 4, 0, 1)
+
+
+def test_skip_limits_are_checked_with_the_config(image_folder):
+    with pytest.raises(ValueError, match=r"data\.max_skip_rate"):
+        data_config(folder_cfg(image_folder, max_skip_rate=2))
+    with pytest.raises(ValueError, match=r"data\.max_pixels"):
+        data_config(folder_cfg(image_folder, max_pixels=0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pin_memory_returns_page_locked_batches(image_folder):
+    loader = build_train_loader(folder_cfg(image_folder), 4, 0, 1, seed=0, pin_memory=True)
+    pinned = take(loader, 2)
+    plain = take(build_train_loader(folder_cfg(image_folder), 4, 0, 1, seed=0), 2)
+    assert all(batch.is_pinned() for batch in pinned) and not plain[0].is_pinned()
+    assert all(torch.equal(a, b) for a, b in zip(pinned, plain))
+    val = next(iter(build_val_loader(folder_cfg(image_folder), 4, 0, 1, pin_memory=True)))
+    assert val.is_pinned()
 
 
 def test_folder_val_sees_every_image_once_across_ranks(image_folder):
     cfg = folder_cfg(image_folder)
     single = build_val_loader(cfg, 4, 0, 1)
     everything = torch.cat(list(single))
-    assert everything.shape == (10, 3, 16, 16) and single.stats() == {"images": 10, "skipped_corrupt": 1}
+    assert everything.shape == (10, 3, 16, 16) and single.stats() == {
+        "images": 10, "skipped_corrupt": 1, "missing_files": 0, "skipped_too_large": 0, "skipped_aspect": 0}
     parts = [torch.cat(list(build_val_loader(cfg, 3, rank, 2))) for rank in range(2)]
     assert torch.equal(torch.cat(parts), everything)
     subset = torch.cat(list(build_val_loader(cfg, 4, 0, 1, max_images=5)))
@@ -185,9 +267,11 @@ def test_missing_folders_name_the_key(tmp_path, image_folder):
     with pytest.raises(ValueError, match=r"data\.val_dir"):
         data_config(folder_cfg(image_folder, val_dir=str(tmp_path / "nowhere")))
     empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ValueError, match=r"data\.train_dir.*no images"):
-        build_train_loader(folder_cfg(image_folder, train_dir=str(empty)), 4, 0, 1, seed=0)
+    (empty / "n00000000").mkdir(parents=True)  # a class folder without images is still empty
+    for key in ("train_dir", "val_dir"):
+        with pytest.raises(ValueError, match=rf"data\.{key}='{empty}' holds no images") as caught:
+            data_config(folder_cfg(image_folder, **{key: str(empty)}))
+        assert "\n" not in str(caught.value)
 
 
 def test_too_little_data_for_the_batch_is_a_clear_error():

@@ -15,7 +15,7 @@ from conftest import compose_group
 from openmagvit2.config import data_config
 from openmagvit2.data import build_train_loader, build_val_loader
 from openmagvit2.data.make_shards import convert, main
-from openmagvit2.data.synthetic import broken_images, odd_images
+from synthetic_images import broken_images, odd_images
 from openmagvit2.data.shards import ShardError, default_index_path, iter_shard
 
 NUM_IMAGES = 80
@@ -150,7 +150,8 @@ def test_order_depends_on_seed_and_epoch_only(shards):
 def test_resume_after_k_batches_continues_with_the_next_samples(shards, workers, consumed):
     root, _, _ = shards
     cfg = wds_cfg(root, num_workers=workers)
-    straight = take(build_train_loader(cfg, 4, 0, 1, seed=3), 24)
+    uninterrupted = build_train_loader(cfg, 4, 0, 1, seed=3)
+    straight = take(uninterrupted, 24)
     first = build_train_loader(cfg, 4, 0, 1, seed=3)
     head = take(first, consumed)
     state = first.state_dict()
@@ -158,6 +159,7 @@ def test_resume_after_k_batches_continues_with_the_next_samples(shards, workers,
     resumed.load_state_dict(state)
     tail = take(resumed, 24 - consumed)
     assert all(torch.equal(a, b) for a, b in zip(head + tail, straight))
+    assert resumed.state_dict() == uninterrupted.state_dict()  # offsets and counters too
 
 
 def test_resume_with_other_worker_count_is_approximate_but_continues(shards, caplog):
@@ -195,8 +197,33 @@ def messy_shards(tmp_path_factory):
     for name, data in {**odd_images(), **broken_images()}.items():
         (src / "class_0" / f"odd_{name}").write_bytes(data)
     (src / "loose.png").write_bytes(_flat_png(200))
-    index = convert(str(src), str(root / "shards"), shard_size=8, workers=1)
+    strip = io.BytesIO()
+    Image.new("RGB", (1, 40)).save(strip, format="PNG")
+    (src / "class_1" / "strip.png").write_bytes(strip.getvalue())
+    index = convert(str(src), str(root / "shards"), shard_size=8, workers=1, check=False)  # keep the broken files
     return root, index
+
+
+def test_make_shards_skips_counts_and_names_files_that_do_not_decode(messy_shards, tmp_path, capsys):
+    root, packed = messy_shards
+    assert packed["skipped_corrupt"] == 0 and packed["checked"] is False
+    arguments = ["--src", str(root / "train"), "--out", str(tmp_path / "checked"), "--shard-size", "8",
+                 "--workers", "2"]
+    assert main(arguments) == 0
+    output = capsys.readouterr()
+    index = json.loads((tmp_path / "checked" / "train.json").read_text())
+    broken = {f"class_0/odd_{name}" for name in broken_images()}
+    assert index["checked"] is True and index["skipped_corrupt"] == len(broken)
+    assert {entry["path"] for entry in index["skipped"]} == broken
+    assert index["total"] == packed["total"] - len(broken) == sum(shard["count"] for shard in index["shards"])
+    assert f"{len(broken)} files skipped as corrupt" in output.out and "odd_truncated.jpg" in output.err
+    shards = sorted((tmp_path / "checked").glob("train-*.tar"))
+    assert sum(1 for shard in shards for _ in iter_shard(str(shard))) == index["total"]
+    # Resuming the conversion keeps the counts (re-read from the finished shards' headers).
+    shards[0].unlink()
+    assert main(arguments) == 0
+    again = json.loads((tmp_path / "checked" / "train.json").read_text())
+    assert again["total"] == index["total"] and again["skipped_corrupt"] == index["skipped_corrupt"]
 
 
 def test_odd_samples_decode_broken_are_skipped_and_counted(messy_shards, caplog):
@@ -208,7 +235,8 @@ def test_odd_samples_decode_broken_are_skipped_and_counted(messy_shards, caplog)
     val = build_val_loader(cfg, 5, 0, 1)
     images = torch.cat(list(val))
     assert images.shape[0] == 16 + len(odd_images()) + 1
-    assert val.stats() == {"images": images.shape[0], "skipped_corrupt": len(broken_images())}
+    assert val.stats() == {"images": images.shape[0], "skipped_corrupt": len(broken_images()), "missing_files": 0,
+                           "skipped_too_large": 0, "skipped_aspect": 1}
 
     train = build_train_loader(cfg, 4, 0, 1, seed=0)
     with caplog.at_level(logging.WARNING):
@@ -217,7 +245,7 @@ def test_odd_samples_decode_broken_are_skipped_and_counted(messy_shards, caplog)
     stats = train.stats()
     assert stats["skipped_corrupt"] >= len(broken_images()) - 1  # the tail of the epoch may hold one
     assert stats["missing_label"] >= 1
-    assert "skipped a corrupt sample" in caplog.text
+    assert "skipped (skipped_corrupt)" in caplog.text
 
 
 def test_unreadable_shard_is_an_error_naming_it(shards, tmp_path):

@@ -4,9 +4,14 @@ Public API (see ``docs/architecture.md``):
 
 - :func:`build_train_loader` -> endless, exactly resumable training batches ``b 3 H W`` in [-1, 1].
 - :func:`build_val_loader` -> one ordered pass over the validation set, every image once across ranks.
+- :func:`has_validation_set` -> False for ``data.val_dir=null`` ("no validation set").
+- :class:`DataError`: raised by a training loader mid-run when the data goes bad (files disappearing, too many
+  unusable samples); a one-line message.
 """
 
-from .build import build_train_loader, build_val_loader
-from .decode import CorruptImageError, decode_image
+from .build import NoValidationSetError, build_train_loader, build_val_loader, has_validation_set
+from .decode import CorruptImageError, UnusableImageError, decode_image
+from .loaders import DataError
 
-__all__ = ["build_train_loader", "build_val_loader", "decode_image", "CorruptImageError"]
+__all__ = ["build_train_loader", "build_val_loader", "has_validation_set", "decode_image",
+           "CorruptImageError", "UnusableImageError", "DataError", "NoValidationSetError"]

@@ -10,13 +10,20 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from openmagvit2.config import (ConfigError, DataConfig, FolderDataConfig, SampleDataConfig,
-                                WdsDataConfig, data_config)
+from openmagvit2.config import DataConfig, FolderDataConfig, SampleDataConfig, WdsDataConfig, data_config
+from .decode import ImageLimits
 from .folder import FolderTrain, FolderVal, scan_image_folder
-from .loaders import MapStyleTrainLoader, MapStyleValLoader
+from .loaders import MapStyleTrainLoader, MapStyleValLoader, SkipPolicy
 from .sample import SampleTrain, SampleVal
 from .shards import expand_shards, read_index
 from .wds import WdsTrainLoader, WdsValLoader
+
+VAL_KEYS = {"sample": "val_photos", "imagenet_folder": "val_dir", "imagenet_wds": "val_shards"}
+
+
+class NoValidationSetError(ValueError):
+    """``build_val_loader`` on a config whose validation set is null (``data.val_dir=null``)."""
+
 
 def _wds_counts(data_cfg: WdsDataConfig, urls: list[str]) -> tuple[list[int] | None, int]:
     """Per-shard sample counts from the index (None without a usable index) and the samples per epoch."""
@@ -36,48 +43,68 @@ def _wds_counts(data_cfg: WdsDataConfig, urls: list[str]) -> tuple[list[int] | N
     return counts, total
 
 
+def has_validation_set(data_cfg: DataConfig | Mapping[str, Any]) -> bool:
+    """False when the config's validation set is null (``data.val_dir=null``: "no validation set")."""
+    data = data_config(data_cfg)
+    return getattr(data, VAL_KEYS[data.name]) is not None
+
+
+def _image_limits(data: FolderDataConfig | WdsDataConfig) -> ImageLimits:
+    """``data.max_pixels`` and ``data.max_aspect_ratio`` (checked from the header, before decoding)."""
+    return ImageLimits(data.max_pixels, float(data.max_aspect_ratio))
+
+
 def build_train_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, rank: int, world_size: int,
-                       seed: int) -> MapStyleTrainLoader | WdsTrainLoader:
+                       seed: int, pin_memory: bool = False) -> MapStyleTrainLoader | WdsTrainLoader:
     """The endless training loader of ``data.name`` for this rank: iterate for float ``b 3 H W`` batches in [-1, 1].
 
     ``data_cfg`` is the typed ``data`` group (a composed node or a dict is checked first). The object has
-    ``epoch_size`` (batches per epoch, equal on every rank), ``state_dict()``, ``load_state_dict()`` and ``stats()``.
+    ``epoch_size`` (batches per epoch, equal on every rank, also ``len()``), ``state_dict()``, ``load_state_dict()``
+    and ``stats()``. ``pin_memory=True`` (CUDA runs) returns page-locked batches for ``.to(device,
+    non_blocking=True)``. Raises ``DataError`` mid-run when more than ``data.max_skip_rate`` of the samples read are
+    unusable (missing or broken files).
     """
     data = data_config(data_cfg)
-    if isinstance(data, SampleDataConfig):
+    common = dict(batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, pin_memory=pin_memory)
+    if isinstance(data, SampleDataConfig):  # the bundled photos are never skipped
         source = SampleTrain(list(data.train_photos), data.image_size, data.epoch_crops,
                              tuple(float(v) for v in data.crop_scale), data.hflip)
-        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, data.num_workers, data.name)
+        return MapStyleTrainLoader(source, num_workers=data.num_workers, name=data.name, where="data=sample",
+                                   policy=SkipPolicy(), **common)
+    policy = SkipPolicy(float(data.max_skip_rate), data.skip_window)
     if isinstance(data, FolderDataConfig):
         listing = scan_image_folder(str(data.train_dir), "data.train_dir")
-        source = FolderTrain(listing, data.image_size, data.hflip, data.jpeg_draft)
-        return MapStyleTrainLoader(source, batch_size, rank, world_size, seed, data.num_workers, data.name)
+        source = FolderTrain(listing, data.image_size, data.hflip, data.jpeg_draft, _image_limits(data))
+        return MapStyleTrainLoader(source, num_workers=data.num_workers, name=data.name,
+                                   where=f"data.train_dir={str(data.train_dir)!r}", policy=policy, **common)
     urls = expand_shards(data.shards)
     counts, total = _wds_counts(data, urls)
     return WdsTrainLoader(urls, counts=counts, total_samples=total, image_size=data.image_size, hflip=data.hflip,
-                          draft=data.jpeg_draft, shuffle_buffer=data.shuffle_buffer,
-                          shard_shuffle=data.shard_shuffle, batch_size=batch_size,
-                          rank=rank, world_size=world_size, seed=seed, num_workers=data.num_workers)
+                          draft=data.jpeg_draft, limits=_image_limits(data), shuffle_buffer=data.shuffle_buffer,
+                          shard_shuffle=data.shard_shuffle, num_workers=data.num_workers,
+                          where=f"data.shards={str(data.shards)!r}", policy=policy, **common)
 
 
 def build_val_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, rank: int, world_size: int,
-                     max_images: int | None = None) -> MapStyleValLoader | WdsValLoader:
+                     max_images: int | None = None, pin_memory: bool = False) -> MapStyleValLoader | WdsValLoader:
     """The ordered validation loader (centre crops, float ``b 3 H W``): one pass, each image once across ranks.
 
-    ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip count.
+    ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip counts.
+    Raises :class:`NoValidationSetError` when the config has none (check :func:`has_validation_set` first).
     """
     data = data_config(data_cfg)
+    if not has_validation_set(data):
+        key = VAL_KEYS[data.name]
+        raise NoValidationSetError(f"data.{key} is null, so data={data.name} has no validation set: set data.{key} "
+                                   "to one to evaluate.")
+    common = dict(batch_size=batch_size, rank=rank, world_size=world_size, max_images=max_images,
+                  num_workers=data.num_workers, pin_memory=pin_memory)
     if isinstance(data, SampleDataConfig):
         source = SampleVal(list(data.val_photos), data.image_size, data.val_crops,
                            tuple(float(v) for v in data.crop_scale))
-        return MapStyleValLoader(source, batch_size, rank, world_size, data.num_workers, max_images, data.name)
+        return MapStyleValLoader(source, name=data.name, **common)
     if isinstance(data, FolderDataConfig):
-        if data.val_dir is None:
-            raise ConfigError("data.val_dir is not set: pass data.val_dir=/path/to/images.")
         listing = scan_image_folder(str(data.val_dir), "data.val_dir")
-        return MapStyleValLoader(FolderVal(listing, data.image_size), batch_size, rank, world_size, data.num_workers,
-                                 max_images, data.name)
-    if data.val_shards is None:
-        raise ConfigError("data.val_shards is not set: pass data.val_shards='/path/val-{000000..000049}.tar'.")
-    return WdsValLoader(expand_shards(data.val_shards), image_size=data.image_size, batch_size=batch_size,
-                        rank=rank, world_size=world_size, num_workers=data.num_workers, max_images=max_images)
+        return MapStyleValLoader(FolderVal(listing, data.image_size, _image_limits(data)), name=data.name, **common)
+    return WdsValLoader(expand_shards(data.val_shards), image_size=data.image_size, limits=_image_limits(data),
+                        **common)

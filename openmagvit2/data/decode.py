@@ -10,7 +10,15 @@ so that callers can skip and count it instead of crashing a run:
   garbage colour values that ``convert("RGB")`` would expose).
 - 16-bit grayscale PNGs (``I;16``, ``I``): rescaled from 0..65535 to 0..255; PIL's own conversion clips them to 255.
 - 32-bit float images (``F``): assumed in [0, 1] and rescaled.
-- Truncated or corrupt files, zero-byte files, non-images, decompression bombs: :class:`CorruptImageError`.
+- Truncated or corrupt files, zero-byte files, non-images: :class:`CorruptImageError`.
+- A file that was listed but is gone when read: :class:`MissingImageError` (not corrupt: files are disappearing).
+- Hostile sizes, checked from the header *before* any pixel is decoded (``ImageLimits``): more than ``max_pixels``
+  pixels (:class:`ImageTooLargeError`; default PIL's own bomb threshold, whose warning PIL only *warns* about) or
+  a side ratio above ``max_aspect_ratio`` (:class:`ExtremeAspectRatioError`; a 1x4000 strip would otherwise be
+  resized to 1,024,000x256).
+
+All four errors derive from :class:`UnusableImageError`, whose ``counter`` names the ``stats()`` key the loaders
+count it under.
 
 EXIF orientation is deliberately *not* applied, matching torchvision's ``ImageFolder`` and the reference recipe.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
@@ -30,8 +39,57 @@ ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
 _WHITE = (255, 255, 255)
 
 
-class CorruptImageError(Exception):
+class UnusableImageError(Exception):
+    """An input the loaders skip (and count under ``counter``) instead of training on it."""
+
+    counter = "skipped_corrupt"
+
+
+class CorruptImageError(UnusableImageError):
     """An input that cannot be decoded into an image (truncated, corrupt, empty, or not an image)."""
+
+    counter = "skipped_corrupt"
+
+
+class MissingImageError(UnusableImageError):
+    """A file that was listed when the folder was scanned but does not exist any more."""
+
+    counter = "missing_files"
+
+
+class ImageTooLargeError(UnusableImageError):
+    """An image whose header announces more than ``ImageLimits.max_pixels`` pixels (not decoded)."""
+
+    counter = "skipped_too_large"
+
+
+class ExtremeAspectRatioError(UnusableImageError):
+    """An image whose long side is more than ``ImageLimits.max_aspect_ratio`` times its short side (not decoded)."""
+
+    counter = "skipped_aspect"
+
+
+# PIL's own decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``, ~89.5 MP): above it PIL only warns, at twice
+# it PIL refuses. Our cap is checked from the header and acts as an error at the configured value.
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_ASPECT_RATIO = 10.0
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Caps checked from an image's header before decoding (``data.max_pixels``, ``data.max_aspect_ratio``)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+
+    def check(self, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise ImageTooLargeError(f"{width}x{height} = {width * height:,} pixels, above data.max_pixels="
+                                     f"{self.max_pixels:,}")
+        if min(width, height) >= 1 and max(width, height) > self.max_aspect_ratio * min(width, height):
+            raise ExtremeAspectRatioError(f"{width}x{height} has a side ratio of "
+                                          f"{max(width, height) / min(width, height):.1f}, above "
+                                          f"data.max_aspect_ratio={self.max_aspect_ratio:g}")
 
 
 def _open(source: ImageSource) -> Image.Image:
@@ -67,30 +125,39 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(source: ImageSource, draft_size: int | None = None) -> Image.Image:
+def decode_image(source: ImageSource, draft_size: int | None = None,
+                 limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Decode ``source`` (encoded bytes or a file path) into an 8-bit RGB image.
 
     ``draft_size``: for JPEGs, let libjpeg downscale by 1/2, 1/4 or 1/8 while decoding (``PIL.Image.draft``) as long
     as both sides stay >= ``draft_size`` pixels; much faster for large photos that are resized down afterwards anyway,
     with slightly different (DCT-domain) filtering. ``None`` decodes at full resolution.
 
-    Raises :class:`CorruptImageError` for anything that is not a decodable image.
+    ``limits``: size and side-ratio caps, checked from the header before decoding.
+
+    Raises an :class:`UnusableImageError` (corrupt, missing, too large, extreme aspect ratio) for anything that is not
+    a decodable image within the limits.
     """
     try:
         with warnings.catch_warnings():
-            # A truncated file or a broken EXIF block warns before it fails; the failure is what we act on.
+            # A truncated file or a broken EXIF block warns before it fails; the failure is what we act on. PIL's
+            # DecompressionBombWarning is replaced by ``limits`` (an error at the configured size), here only.
             warnings.simplefilter("ignore")
             image = _open(source)
+            limits.check(*image.size)
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             rgb = _to_rgb(image)
-    except CorruptImageError:
+    except UnusableImageError:
         raise
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise MissingImageError(f"file not found ({error.strerror})") from error
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(str(error)) from error
     except UnidentifiedImageError as error:
         raise CorruptImageError("not a recognised image file") from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            EOFError, IndexError, TypeError, ZeroDivisionError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as error:
         raise CorruptImageError(f"{type(error).__name__}: {error}") from error
     if rgb.width < 1 or rgb.height < 1:
         raise CorruptImageError(f"image has no pixels ({rgb.width}x{rgb.height})")

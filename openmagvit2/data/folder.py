@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .decode import decode_image
+from .decode import ImageLimits, decode_image
 from .transforms import train_transform, val_transform
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -48,6 +48,15 @@ def _images_below(directory: str) -> list[str]:
     return found
 
 
+def has_images(root: str) -> bool:
+    """True as soon as one image is found under ``root`` (a cheap check: it stops at the first image)."""
+    for _, subdirs, files in os.walk(root, followlinks=True):
+        subdirs.sort()
+        if any(is_image_file(name) for name in files):
+            return True
+    return False
+
+
 def scan_image_folder(root: str, key: str = "data.train_dir") -> FolderListing:
     """List the images of ``root``: each sub-directory is a class (searched recursively), loose images are unlabeled.
 
@@ -75,17 +84,19 @@ def scan_image_folder(root: str, key: str = "data.train_dir") -> FolderListing:
 class FolderTrain:
     """Training view of a folder: ``train_item`` decodes, resizes the short side, random-crops, optionally flips."""
 
-    def __init__(self, listing: FolderListing, image_size: int, hflip: bool, jpeg_draft: bool):
+    def __init__(self, listing: FolderListing, image_size: int, hflip: bool, jpeg_draft: bool,
+                 limits: ImageLimits = ImageLimits()):
         self.listing = listing
         self.image_size = image_size
         self.hflip = hflip
         self.draft_size = image_size if jpeg_draft else None
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.listing)
 
     def train_item(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        image = decode_image(os.path.join(self.listing.root, self.listing.paths[index]), self.draft_size)
+        image = decode_image(os.path.join(self.listing.root, self.listing.paths[index]), self.draft_size, self.limits)
         return train_transform(image, self.image_size, rng, self.hflip)
 
     def describe(self, index: int) -> str:
@@ -95,15 +106,16 @@ class FolderTrain:
 class FolderVal:
     """Validation view of a folder: full-resolution decode, resize short side, centre crop (the published protocol)."""
 
-    def __init__(self, listing: FolderListing, image_size: int):
+    def __init__(self, listing: FolderListing, image_size: int, limits: ImageLimits = ImageLimits()):
         self.listing = listing
         self.image_size = image_size
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.listing)
 
     def val_item(self, index: int) -> torch.Tensor:
-        image = decode_image(os.path.join(self.listing.root, self.listing.paths[index]))
+        image = decode_image(os.path.join(self.listing.root, self.listing.paths[index]), limits=self.limits)
         return val_transform(image, self.image_size)
 
     def describe(self, index: int) -> str:

@@ -1,39 +1,209 @@
-"""Exact-resume train loader and ordered val loader for map-style sources (``sample``, ``imagenet_folder``).
+"""The loader contract: one resumable training-loader base (map-style and shard loaders), the map-style loaders, and
+the counted val pass.
 
-A *train source* is anything with ``__len__``, ``train_item(index, rng) -> uint8 3 h w`` (raising
-:class:`CorruptImageError` for a broken file) and ``describe(index) -> str``; a *val source* has ``__len__``,
+A *train source* is anything with ``__len__``, ``train_item(index, rng) -> uint8 3 h w`` (raising an
+:class:`UnusableImageError` for a file it cannot use) and ``describe(index) -> str``; a *val source* has ``__len__``,
 ``val_item(index)`` and ``describe``. The loaders here turn them into the batches the trainer and eval code consume.
 
-Determinism: the order of an epoch is a permutation drawn from (seed, epoch); the crop of each sample from
+Determinism (map-style): the order of an epoch is a permutation drawn from (seed, epoch); the crop of each sample from
 (seed, epoch, sample index). Workers only execute; they hold no randomness. So the batches are a function of
 (seed, epoch, position) alone, independent of ``num_workers`` and of restarts: resuming from ``state_dict()``
 continues with exactly the batches an uninterrupted run would have seen.
+
+Unusable samples (corrupt, missing, too large, extreme aspect ratio) are replaced (map-style) or passed over (shards)
+and counted per kind. Every ``SkipPolicy.window`` samples read, the share skipped is compared with
+``data.max_skip_rate``; above it the run stops with :class:`DataError`: that is files disappearing or a broken data
+set, not a few bad files.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import CorruptImageError
-from .transforms import sample_rng, to_model_range
+from .decode import UnusableImageError
+from .transforms import Stream, sample_rng, to_model_range
 
 log = logging.getLogger(__name__)
 
-# Distinct first keys keep the random streams of shuffling, cropping and replacement independent.
-STREAM_SHUFFLE = 1
-STREAM_CROP = 2
-STREAM_REPLACE = 3
+# The stats() counters of unusable samples, by the error's ``counter`` (see decode.py).
+SKIP_COUNTERS = ("skipped_corrupt", "missing_files", "skipped_too_large", "skipped_aspect")
+# At most this many skipped files are named in the log per epoch; the counts are always exact.
+MAX_LOGGED_SKIPS = 20
+# A backstop, not the policy (that is SkipPolicy, checked in the main process per batch): a worker that meets this
+# many unusable samples in a row raises instead of looping forever on a data set where (nearly) everything fails,
+# because the main process never receives a batch to check. One value for both loaders: a whole bad shard (1000
+# samples) read in order must not trip it before the rate check does.
+MAX_CONSECUTIVE_SKIPS = 1000
 
-# A corrupt image is replaced by another, deterministically chosen one; this many failures in a row means the
-# data set itself is broken, which is reported instead of looping forever.
-MAX_CONSECUTIVE_FAILURES = 50
-# At most this many file names are logged per epoch; the count is always exact.
-MAX_LOGGED_FAILURES = 20
+
+class DataError(RuntimeError):
+    """The data went bad during the run (files disappearing, too many unusable samples): a one-line message."""
+
+
+@dataclass(frozen=True)
+class SkipPolicy:
+    """Stop when more than ``max_skip_rate`` of the samples read in a window of ``window`` samples were unusable."""
+
+    max_skip_rate: float = 0.01
+    window: int = 2000
+
+
+@dataclass
+class Skips:
+    """Unusable samples met while filling one batch: exact counts per counter, the first few messages."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    messages: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, error: UnusableImageError, where: str) -> None:
+        self.counts[error.counter] = self.counts.get(error.counter, 0) + 1
+        if len(self.messages) < MAX_LOGGED_SKIPS:
+            self.messages.append((error.counter, f"{where}: {error}"))
+
+    def merge(self, other: Skips) -> None:
+        for counter, count in other.counts.items():
+            self.counts[counter] = self.counts.get(counter, 0) + count
+        self.messages.extend(other.messages[: MAX_LOGGED_SKIPS - len(self.messages)])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``{"missing_files": 3, "skipped_corrupt": 1}`` -> ``"3 missing_files, 1 skipped_corrupt"``."""
+    return ", ".join(f"{counts[key]} {key}" for key in SKIP_COUNTERS if counts.get(key)) or "none"
+
+
+class ResumableLoader:
+    """Epoch, position and skip bookkeeping shared by the training loaders; iterate for float ``b 3 h w`` in [-1, 1].
+
+    A subclass yields ``(uint8 images, Skips)`` for the rest of the current epoch from :meth:`_rest_of_epoch`
+    (from ``self.epoch`` and ``self.position``) and may extend :meth:`state_dict` / :meth:`_restore_stream`. The
+    base counts, logs and checks the skips, advances the position and the epoch, and saves and restores it all.
+    Iterate one iterator at a time: the position lives in the loader.
+    """
+
+    # Settings that must match the checkpoint's for an exact resume (a subclass may add its own).
+    exact_keys: tuple[str, ...] = ("seed", "world_size", "batch_size")
+
+    def __init__(self, *, name: str, where: str, batch_size: int, rank: int, world_size: int, seed: int,
+                 epoch_size: int, policy: SkipPolicy, pin_memory: bool):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}: pass the process rank and world size.")
+        self.name = name
+        self.where = where  # the data.* key and path named in errors, e.g. "data.train_dir='/data/train'"
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch_size = epoch_size
+        self.policy = policy
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self.position = 0
+        self.counters = dict.fromkeys((*SKIP_COUNTERS, "skipped_epoch"), 0)
+        self._window_samples = 0
+        self._window_skipped = 0
+        self._logged_epoch = 0
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def _rest_of_epoch(self) -> Iterable[tuple[torch.Tensor, Skips]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            for images, skips in self._rest_of_epoch():
+                self._record(skips, len(images))
+                self.position += 1
+                yield to_model_range(images, self.pin_memory)
+            self._end_epoch()
+
+    def _record(self, skips: Skips, delivered: int) -> None:
+        for counter, count in skips.counts.items():
+            self.counters[counter] += count
+        self.counters["skipped_epoch"] += skips.total
+        for counter, message in skips.messages:
+            if self._logged_epoch < MAX_LOGGED_SKIPS:
+                log.warning("data=%s rank %d: skipped (%s): %s", self.name, self.rank, counter, message)
+                if self._logged_epoch == MAX_LOGGED_SKIPS - 1:
+                    log.warning("data=%s rank %d: further skipped files this epoch are counted, not named; a "
+                                "summary follows every %d samples read and at the end of the epoch", self.name,
+                                self.rank, self.policy.window)
+            self._logged_epoch += 1
+        self._window_samples += delivered + skips.total
+        self._window_skipped += skips.total
+        if self._window_samples >= self.policy.window:
+            self._check_window()
+
+    def _check_window(self) -> None:
+        read, skipped = self._window_samples, self._window_skipped
+        self._window_samples = self._window_skipped = 0
+        if skipped > self.policy.max_skip_rate * read:
+            counts = {key: self.counters[key] for key in SKIP_COUNTERS}
+            raise DataError(
+                f"{self.where}: {skipped} of the last {read} samples read on rank {self.rank} were unusable "
+                f"({skipped / read:.1%}, run totals: {describe_counts(counts)}), above data.max_skip_rate="
+                f"{self.policy.max_skip_rate:g}: files are disappearing or the data is broken; fix the data, or "
+                "raise data.max_skip_rate if it is known to be this dirty.")
+        if skipped and self._logged_epoch > MAX_LOGGED_SKIPS:
+            log.warning("data=%s rank %d: %d of the last %d samples read were skipped (epoch %d so far: %d; run: %s)",
+                        self.name, self.rank, skipped, read, self.epoch, self.counters["skipped_epoch"],
+                        describe_counts(self.counters))
+
+    def _end_epoch(self) -> None:
+        level = logging.WARNING if self.counters["skipped_epoch"] else logging.INFO
+        log.log(level, "data=%s rank %d: epoch %d done, %d batches, %d unusable samples skipped (run totals: %s)",
+                self.name, self.rank, self.epoch, self.epoch_size, self.counters["skipped_epoch"],
+                describe_counts(self.counters))
+        self.epoch += 1
+        self.position = 0
+        self.counters["skipped_epoch"] = 0
+        self._logged_epoch = 0
+
+    def state_dict(self) -> dict:
+        """Data position to resume from: epoch, batches consumed in it, the skip counters and the settings."""
+        return {"source": self.name, "epoch": self.epoch, "position": self.position,
+                **{key: getattr(self, key) for key in self.exact_keys}, **self.counters,
+                "window_samples": self._window_samples, "window_skipped": self._window_skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at ``state``'s position; the next batch is the one an uninterrupted run would see next.
+
+        Exactness needs the same :attr:`exact_keys` settings; with others the epoch position is kept but the batches
+        differ (a warning says so).
+        """
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        for key in self.counters:
+            self.counters[key] = int(state.get(key, 0))
+        self._window_samples = int(state.get("window_samples", 0))
+        self._window_skipped = int(state.get("window_skipped", 0))
+        if self.position >= self.epoch_size:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._restore_stream(state, exact=True)
+            return
+        changed = [key for key in self.exact_keys if state.get(key) != getattr(self, key)]
+        if changed:
+            log.warning("data=%s: %s changed since the checkpoint: resuming epoch %d at batch %d approximately (the "
+                        "epoch position is kept, the batches will not match an uninterrupted run).", self.name,
+                        ", ".join(changed), self.epoch, self.position)
+        self._restore_stream(state, exact=not changed)
+
+    def _restore_stream(self, state: dict, exact: bool) -> None:
+        """Hook for a subclass's own stream position (the shard readers' offsets)."""
+
+    def stats(self) -> dict:
+        """Counters for logging: epoch, batch within it, unusable samples skipped by kind and in this epoch."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.position, **self.counters}
 
 
 class TrainSource(Protocol):
@@ -53,7 +223,7 @@ class ValSource(Protocol):
 
 
 class _TrainItems(Dataset):
-    """Worker-side view: ``dataset[(epoch, index)]`` -> (uint8 ``3 h w``, replaced count, failure messages)."""
+    """Worker-side view: ``dataset[(epoch, index)]`` -> (uint8 ``3 h w``, the unusable files replaced on the way)."""
 
     def __init__(self, source: TrainSource, seed: int):
         self.source = source
@@ -62,148 +232,65 @@ class _TrainItems(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, list[str]]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Skips]:
         epoch, index = key
-        failures: list[str] = []
+        skips = Skips()
         current = index
-        for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            rng = sample_rng(self.seed, STREAM_CROP, epoch, index, attempt)
+        for attempt in range(MAX_CONSECUTIVE_SKIPS):
+            rng = sample_rng(self.seed, Stream.CROP, epoch, index, attempt)
             try:
-                return self.source.train_item(current, rng), attempt, failures
-            except CorruptImageError as error:
-                failures.append(f"{self.source.describe(current)}: {error}")
+                return self.source.train_item(current, rng), skips
+            except UnusableImageError as error:
+                skips.add(error, self.source.describe(current))
                 # Deterministic substitute: the same (seed, epoch, index) always falls back to the same image.
-                current = int(sample_rng(self.seed, STREAM_REPLACE, epoch, index, attempt).integers(len(self.source)))
-        raise RuntimeError(
-            f"{MAX_CONSECUTIVE_FAILURES} images in a row failed to decode (last: {failures[-1]}); "
-            "the data set looks broken: check the files under the configured data directory."
-        )
+                replacement = sample_rng(self.seed, Stream.REPLACEMENT, epoch, index, attempt)
+                current = int(replacement.integers(len(self.source)))
+        raise DataError(f"{MAX_CONSECUTIVE_SKIPS} files in a row were unusable ({describe_counts(skips.counts)}; "
+                        f"last: {skips.messages[-1][1]}): check the files under the configured data directory.")
 
 
-def _collate_train(items: list[tuple[torch.Tensor, int, list[str]]]) -> tuple[torch.Tensor, int, list[str]]:
-    images = torch.stack([item[0] for item in items])
-    replaced = sum(item[1] for item in items)
-    failures = [message for item in items for message in item[2]]
-    return images, replaced, failures
+def _collate_train(items: list[tuple[torch.Tensor, Skips]]) -> tuple[torch.Tensor, Skips]:
+    skips = Skips()
+    for _, item_skips in items:
+        skips.merge(item_skips)
+    return torch.stack([image for image, _ in items]), skips
 
 
-class MapStyleTrainLoader:
-    """Iterates forever over float ``b 3 h w`` batches in [-1, 1], epoch after epoch, resumable exactly.
+class MapStyleTrainLoader(ResumableLoader):
+    """Map-style sources (``sample``, ``imagenet_folder``), epoch after epoch, resumable exactly.
 
     Each epoch is a permutation of the source drawn from (seed, epoch); its first
     ``world_size * (len // world_size)`` entries are dealt round-robin to the ranks (disjoint parts, equal sizes),
     and each rank's part is cut into ``epoch_size`` full batches (the remainder is dropped, like
-    ``DistributedSampler(drop_last=True)``). Iterate one iterator at a time: the position lives in the loader.
+    ``DistributedSampler(drop_last=True)``).
     """
 
-    def __init__(self, source: TrainSource, batch_size: int, rank: int, world_size: int, seed: int,
-                 num_workers: int, name: str):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}: pass the process rank and world size.")
-        self.source = source
-        self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.name = name
+    def __init__(self, source: TrainSource, *, batch_size: int, rank: int, world_size: int, seed: int,
+                 num_workers: int, name: str, where: str, policy: SkipPolicy = SkipPolicy(),
+                 pin_memory: bool = False):
         self.per_rank = len(source) // world_size
-        self.epoch_size = self.per_rank // batch_size
-        if self.epoch_size == 0:
-            raise ValueError(
-                f"data={name} has {len(source)} training images, fewer than world_size x batch_size = "
-                f"{world_size * batch_size}: use more images or a smaller train.batch_size."
-            )
-        self.epoch = 0
-        self.position = 0
-        self._skipped_total = 0
-        self._skipped_epoch = 0
-        self._logged_epoch = 0
+        epoch_size = self.per_rank // batch_size
+        if epoch_size == 0:
+            raise ValueError(f"data={name} has {len(source)} training images, fewer than world_size x batch_size = "
+                             f"{world_size * batch_size}: use more images or a smaller train.batch_size.")
+        super().__init__(name=name, where=where, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                         epoch_size=epoch_size, policy=policy, pin_memory=pin_memory)
+        self.source = source
+        self.num_workers = num_workers
 
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         """This rank's batches of ``epoch`` as lists of ``(epoch, sample index)`` keys."""
-        permutation = sample_rng(self.seed, STREAM_SHUFFLE, epoch).permutation(len(self.source))
+        permutation = sample_rng(self.seed, Stream.EPOCH_ORDER, epoch).permutation(len(self.source))
         mine = permutation[: self.per_rank * self.world_size][self.rank :: self.world_size]
         mine = mine[: self.epoch_size * self.batch_size]
-        return [
-            [(epoch, int(i)) for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
-            for b in range(self.epoch_size)
-        ]
+        return [[(epoch, int(i)) for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
+                for b in range(self.epoch_size)]
 
-    def __len__(self) -> int:
-        return self.epoch_size
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        items = _TrainItems(self.source, self.seed)
-        while True:
-            remaining = self.epoch_batches(self.epoch)[self.position :]
-            loader = DataLoader(
-                items,
-                batch_sampler=remaining,
-                num_workers=self.num_workers,
-                collate_fn=_collate_train,
-            )
-            for images, replaced, failures in loader:
-                self._record_failures(replaced, failures)
-                self.position += 1
-                yield to_model_range(images)
-            self._end_epoch()
-
-    def _record_failures(self, replaced: int, failures: list[str]) -> None:
-        self._skipped_total += replaced
-        self._skipped_epoch += replaced
-        for message in failures:
-            if self._logged_epoch < MAX_LOGGED_FAILURES:
-                log.warning("data=%s rank %d: skipped a corrupt image (replaced by another): %s",
-                            self.name, self.rank, message)
-            self._logged_epoch += 1
-
-    def _end_epoch(self) -> None:
-        log.info("data=%s rank %d: epoch %d done, %d batches, %d corrupt images skipped (and replaced)",
-                 self.name, self.rank, self.epoch, self.epoch_size, self._skipped_epoch)
-        self.epoch += 1
-        self.position = 0
-        self._skipped_epoch = 0
-        self._logged_epoch = 0
-
-    def state_dict(self) -> dict:
-        """Data position to resume from: epoch, batches consumed in it, and the counters."""
-        return {
-            "source": self.name,
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "batch_size": self.batch_size,
-            "skipped_corrupt": self._skipped_total,
-            "skipped_corrupt_epoch": self._skipped_epoch,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue at ``state``'s position; the next batch is the one an uninterrupted run would see next.
-
-        Exactness needs the same seed, world size and batch size; with others the position is kept but the batches
-        differ (a warning says so).
-        """
-        changed = [key for key in ("seed", "world_size", "batch_size") if state.get(key) != getattr(self, key)]
-        if changed:
-            log.warning("data=%s: resuming with a different %s than the checkpoint: the epoch position is kept "
-                        "but the batches will not match an uninterrupted run.", self.name, ", ".join(changed))
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        if self.position >= self.epoch_size:
-            self.epoch, self.position = self.epoch + 1, 0
-        self._skipped_total = int(state.get("skipped_corrupt", 0))
-        self._skipped_epoch = int(state.get("skipped_corrupt_epoch", 0))
-
-    def stats(self) -> dict:
-        """Counters for logging: current epoch and batch within it, corrupt images skipped (total and this epoch)."""
-        return {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.position,
-            "skipped_corrupt": self._skipped_total,
-            "skipped_corrupt_epoch": self._skipped_epoch,
-        }
+    def _rest_of_epoch(self) -> Iterable[tuple[torch.Tensor, Skips]]:
+        # A new DataLoader (and new workers) per epoch: its batch list is the epoch's. Worker start-up is seconds
+        # against an epoch of minutes to hours, and persistent workers would buy nothing for this exactness.
+        return DataLoader(_TrainItems(self.source, self.seed), batch_sampler=self.epoch_batches(self.epoch)[
+            self.position :], num_workers=self.num_workers, collate_fn=_collate_train)
 
 
 def val_subset(num_images: int, max_images: int | None) -> np.ndarray:
@@ -216,7 +303,7 @@ def val_subset(num_images: int, max_images: int | None) -> np.ndarray:
 
 
 class _ValItems(Dataset):
-    """Worker-side view of a val source: ``dataset[i]`` -> (uint8 ``3 h w`` or None if corrupt, message)."""
+    """Worker-side view of a val source: ``dataset[i]`` -> (uint8 ``3 h w`` or None if unusable, its Skips)."""
 
     def __init__(self, source: ValSource, indices: Sequence[int]):
         self.source = source
@@ -225,69 +312,72 @@ class _ValItems(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor | None, str]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor | None, Skips]:
         index = int(self.indices[position])
+        skips = Skips()
         try:
-            return self.source.val_item(index), ""
-        except CorruptImageError as error:
-            return None, f"{self.source.describe(index)}: {error}"
+            return self.source.val_item(index), skips
+        except UnusableImageError as error:
+            skips.add(error, self.source.describe(index))
+            return None, skips
 
 
-def _collate_val(items: list[tuple[torch.Tensor | None, str]]) -> tuple[torch.Tensor | None, list[str]]:
+def collate_val(items: list[tuple[torch.Tensor | None, Skips]]) -> tuple[torch.Tensor | None, Skips]:
+    skips = Skips()
+    for _, item_skips in items:
+        skips.merge(item_skips)
     images = [image for image, _ in items if image is not None]
-    failures = [message for image, message in items if image is None]
-    return (torch.stack(images) if images else None), failures
+    return (torch.stack(images) if images else None), skips
 
 
 class CountedValPass:
-    """One pass over `(uint8 images or None, failure messages)` batches: yields model-range floats, logs and counts
-    the corrupt images skipped. Shared by the folder/sample and the shard val loaders."""
+    """One pass over ``(uint8 images or None, Skips)`` batches: yields model-range floats, logs and counts the
+    unusable images skipped (no cap: the pass reports its image count). Shared by the map-style and shard val
+    loaders."""
 
     name: str
-    _skipped = 0
+    pin_memory = False
+    _counts: dict[str, int] = {}
     _yielded = 0
 
-    def _counted(self, batches: Iterable[tuple[torch.Tensor | None, list[str]]]) -> Iterator[torch.Tensor]:
-        self._skipped = self._yielded = 0
-        for images, failures in batches:
-            for message in failures:
-                log.warning("data=%s: skipped a corrupt val image: %s", self.name, message)
-            self._skipped += len(failures)
+    def _counted(self, batches: Iterable[tuple[torch.Tensor | None, Skips]]) -> Iterator[torch.Tensor]:
+        self._counts = dict.fromkeys(SKIP_COUNTERS, 0)
+        self._yielded = 0
+        for images, skips in batches:
+            for counter, message in skips.messages:
+                log.warning("data=%s: skipped a val image (%s): %s", self.name, counter, message)
+            for counter, count in skips.counts.items():
+                self._counts[counter] += count
             if images is not None:
                 self._yielded += len(images)
-                yield to_model_range(images)
+                yield to_model_range(images, self.pin_memory)
 
     def stats(self) -> dict:
-        """``{"images": n yielded in the last pass, "skipped_corrupt": n skipped in it}`` for this rank."""
-        return {"images": self._yielded, "skipped_corrupt": self._skipped}
+        """``{"images": n yielded in the last pass, <skip counter>: n skipped in it, ...}`` for this rank."""
+        return {"images": self._yielded, **dict.fromkeys(SKIP_COUNTERS, 0), **self._counts}
 
 
 class MapStyleValLoader(CountedValPass):
     """Iterates once over this rank's contiguous block of the fixed, ordered val subset (float ``b 3 h w``).
 
     Ranks get contiguous blocks (``np.array_split``), so across ranks every image is seen exactly once; the last
-    batch may be smaller. Corrupt images are skipped and counted in ``stats()``.
+    batch may be smaller. Unusable images are skipped and counted in ``stats()``.
     """
 
-    def __init__(self, source: ValSource, batch_size: int, rank: int, world_size: int, num_workers: int,
-                 max_images: int | None, name: str):
+    def __init__(self, source: ValSource, *, batch_size: int, rank: int, world_size: int, num_workers: int,
+                 max_images: int | None, name: str, pin_memory: bool = False):
         self.source = source
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.name = name
-        subset = val_subset(len(source), max_images)
-        self.indices = np.array_split(subset, world_size)[rank]
+        self.pin_memory = pin_memory
+        self.indices = np.array_split(val_subset(len(source), max_images), world_size)[rank]
         self.num_images = len(self.indices)
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        loader = DataLoader(
-            _ValItems(self.source, self.indices),
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=_collate_val,
-        )
+        loader = DataLoader(_ValItems(self.source, self.indices), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers, collate_fn=collate_val)
         yield from self._counted(loader)

@@ -7,6 +7,11 @@ index ``<out>/<prefix>.json`` (class names, count per shard, total). Each sample
 bytes under its extension (``.jpg`` for ``.JPEG``), the class index as text (``.cls``; absent for images outside a
 class folder) and the source path relative to ``--src`` (``.path``).
 
+Every file is decode-checked while it is packed (by the worker processes; JPEGs at 1/8 scale, which still reads all
+their data): a file that does not decode is skipped, counted and named in the index (``skipped_corrupt``,
+``skipped``) and in the closing summary; ``--no-check`` packs every file as it is. Images above PIL's size threshold
+are packed unchecked: the training loader's ``data.max_pixels`` decides about them.
+
 Samples are shuffled once with ``--seed`` (so each shard mixes classes and a small streaming shuffle buffer
 suffices); ``--no-shuffle`` keeps the sorted order. Every shard is written to a temporary file and renamed when
 complete, so an interrupted conversion leaves only whole shards, and re-running the same command skips them. A
@@ -18,9 +23,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -29,11 +36,16 @@ import numpy as np
 import webdataset as wds
 
 from ..io.atomic import atomic_write
+from .decode import DEFAULT_MAX_PIXELS, CorruptImageError, ImageLimits, ImageTooLargeError, decode_image
 from .folder import UNLABELED, FolderListing, scan_image_folder
 
 INDEX_FORMAT = "openmagvit2-shards"
 INDEX_VERSION = 1
 EXTENSION_ALIASES = {"jpeg": "jpg", "jfif": "jpg", "tiff": "tif"}
+# The index names at most this many skipped files (the count is always exact).
+MAX_LISTED_SKIPS = 1000
+# Skipped when the shard was written by an earlier, interrupted run of the same conversion (reason not kept).
+EARLIER_RUN = "skipped when this shard was written (an earlier run)"
 
 
 @dataclass(frozen=True)
@@ -69,18 +81,40 @@ def plan_shards(listing: FolderListing, prefix: str, shard_size: int, shuffle: b
     return tasks
 
 
-def fingerprint(listing: FolderListing, tasks: Sequence[ShardTask]) -> str:
-    """A hash of the classes and of every shard's content plan: equal plans produce identical shards."""
-    digest = hashlib.sha256(json.dumps(listing.classes).encode())
+def fingerprint(listing: FolderListing, tasks: Sequence[ShardTask], check: bool) -> str:
+    """A hash of the classes, the check setting and every shard's content plan: equal plans give identical shards."""
+    digest = hashlib.sha256(json.dumps([listing.classes, check]).encode())
     for task in tasks:
         digest.update(json.dumps([task.name, task.rows]).encode())
     return digest.hexdigest()
 
 
-def write_shard(task: ShardTask, src: str, out: str) -> tuple[str, int, int]:
-    """Write one shard atomically; returns (name, samples, unlabeled samples)."""
+def corruption(data: bytes) -> str | None:
+    """Why ``data`` does not decode (None if it does): the training decoder, JPEGs at 1/8 scale (libjpeg still
+    reads every byte, so truncation is caught); images above PIL's threshold are not decoded here."""
+    try:
+        decode_image(data, draft_size=1, limits=ImageLimits(DEFAULT_MAX_PIXELS, math.inf))
+    except ImageTooLargeError:
+        return None
+    except CorruptImageError as error:
+        return str(error)
+    return None
+
+
+@dataclass
+class ShardResult:
+    """What one shard holds: its name, sample count, unlabeled count, and the (path, reason) rows it skipped."""
+
+    name: str
+    count: int
+    unlabeled: int
+    skipped: list[tuple[str, str]]
+
+
+def write_shard(task: ShardTask, src: str, out: str, check: bool = True) -> ShardResult:
+    """Write one shard atomically, skipping files that do not decode when ``check``."""
     final = os.path.join(out, task.name)
-    unlabeled = 0
+    unlabeled, skipped = 0, []
     with atomic_write(final) as stream:  # a whole shard or nothing, with the umask's permissions
         writer = wds.TarWriter(stream, encoder=False, mtime=0)
         for number, relative, label in task.rows:
@@ -90,6 +124,10 @@ def write_shard(task: ShardTask, src: str, out: str) -> tuple[str, int, int]:
             except OSError as error:
                 raise OSError(f"cannot read {os.path.join(src, relative)}: {error}; fix its permissions or remove it "
                               "and re-run (finished shards are kept).") from error
+            reason = corruption(data) if check else None
+            if reason is not None:
+                skipped.append((relative, reason))
+                continue
             sample = {"__key__": f"{number:09d}", field_for(relative): data, "path": relative.encode("utf-8")}
             if label == UNLABELED:
                 unlabeled += 1
@@ -97,15 +135,20 @@ def write_shard(task: ShardTask, src: str, out: str) -> tuple[str, int, int]:
                 sample["cls"] = str(label).encode("ascii")
             writer.write(sample)
         writer.close()
-    return task.name, len(task.rows), unlabeled
+    return ShardResult(task.name, len(task.rows) - len(skipped), unlabeled, skipped)
 
 
-def _write_shard_star(arguments: tuple[ShardTask, str, str]) -> tuple[str, int, int]:
+def written_shard(task: ShardTask, out: str) -> ShardResult:
+    """The result of a shard an earlier run wrote: its sample keys (tar headers only) against the plan."""
+    with tarfile.open(os.path.join(out, task.name)) as archive:
+        keys = {name.split(".", 1)[0] for name in archive.getnames()}
+    kept = [(relative, label) for number, relative, label in task.rows if f"{number:09d}" in keys]
+    skipped = [(relative, EARLIER_RUN) for number, relative, _ in task.rows if f"{number:09d}" not in keys]
+    return ShardResult(task.name, len(kept), sum(1 for _, label in kept if label == UNLABELED), skipped)
+
+
+def _write_shard_star(arguments: tuple[ShardTask, str, str, bool]) -> ShardResult:
     return write_shard(*arguments)
-
-
-def _count_unlabeled(task: ShardTask) -> int:
-    return sum(1 for _, _, label in task.rows if label == UNLABELED)
 
 
 class _Progress:
@@ -141,8 +184,11 @@ class _Progress:
 
 
 def convert(src: str, out: str, prefix: str | None = None, shard_size: int = 1000, workers: int = 1,
-            shuffle: bool = True, seed: int = 0) -> dict:
-    """Convert ``src`` into shards under ``out`` (resuming if possible) and return the index written next to them."""
+            shuffle: bool = True, seed: int = 0, check: bool = True) -> dict:
+    """Convert ``src`` into shards under ``out`` (resuming if possible) and return the index written next to them.
+
+    ``check``: decode-check every file and skip (and count) the ones that do not decode.
+    """
     if shard_size < 1:
         raise ValueError(f"--shard-size={shard_size} must be at least 1.")
     src = os.path.abspath(src)
@@ -151,8 +197,8 @@ def convert(src: str, out: str, prefix: str | None = None, shard_size: int = 100
     tasks = plan_shards(listing, prefix, shard_size, shuffle, seed)
     os.makedirs(out, exist_ok=True)
     plan_path = os.path.join(out, f"{prefix}.plan.json")
-    plan = {"fingerprint": fingerprint(listing, tasks), "src": src, "shard_size": shard_size, "shuffle": shuffle,
-            "seed": seed, "shards": len(tasks)}
+    plan = {"fingerprint": fingerprint(listing, tasks, check), "src": src, "shard_size": shard_size,
+            "shuffle": shuffle, "seed": seed, "check": check, "shards": len(tasks)}
     if os.path.exists(plan_path):
         with open(plan_path, encoding="utf-8") as handle:
             previous = json.load(handle)
@@ -166,35 +212,49 @@ def convert(src: str, out: str, prefix: str | None = None, shard_size: int = 100
     if len(pending) < len(tasks):
         print(f"[make_shards] resuming: {len(tasks) - len(pending)} of {len(tasks)} shards already written", flush=True)
     progress = _Progress(len(listing), done_images)
+    waiting = {task.name for task in pending}
+    results = {task.name: written_shard(task, out) for task in tasks if task.name not in waiting}
     try:
-        arguments = [(task, src, out) for task in pending]
+        arguments = [(task, src, out, check) for task in pending]
         if workers > 1 and len(pending) > 1:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for _, count, _ in pool.imap_unordered(_write_shard_star, arguments):
-                    progress.advance(count)
+                for result in pool.imap_unordered(_write_shard_star, arguments):
+                    results[result.name] = result
+                    progress.advance(result.count + len(result.skipped))
         else:
             for argument in arguments:
-                progress.advance(_write_shard_star(argument)[1])
+                result = _write_shard_star(argument)
+                results[result.name] = result
+                progress.advance(result.count + len(result.skipped))
     finally:
         progress.close()
 
+    ordered = [results[task.name] for task in tasks]
+    skipped = [{"path": path, "reason": reason} for result in ordered for path, reason in result.skipped]
     index = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
         "src": src,
         "prefix": prefix,
         "classes": listing.classes,
-        "total": len(listing),
-        "unlabeled": sum(_count_unlabeled(task) for task in tasks),
+        "total": sum(result.count for result in ordered),
+        "unlabeled": sum(result.unlabeled for result in ordered),
+        "checked": check,
+        "skipped_corrupt": len(skipped),
+        "skipped": skipped[:MAX_LISTED_SKIPS],
         "shuffled": shuffle,
         "seed": seed,
-        "shards": [{"name": task.name, "count": len(task.rows), "unlabeled": _count_unlabeled(task)}
-                   for task in tasks],
+        "shards": [{"name": result.name, "count": result.count, "unlabeled": result.unlabeled} for result in ordered],
     }
     index_path = os.path.join(out, f"{prefix}.json")
     write_json_atomic(index_path, index)
-    print(f"[make_shards] {len(listing)} images ({len(listing.classes)} classes) in {len(tasks)} shards: "
-          f"{os.path.join(out, prefix)}-{{000000..{len(tasks) - 1:06d}}}.tar, index {index_path}", flush=True)
+    for entry in skipped[:10]:
+        print(f"[make_shards] skipped {entry['path']}: {entry['reason']}", file=sys.stderr, flush=True)
+    more = f" (the first {MAX_LISTED_SKIPS} named in the index)" if len(skipped) > MAX_LISTED_SKIPS else ""
+    print(f"[make_shards] {index['total']} images ({len(listing.classes)} classes) in {len(tasks)} shards: "
+          f"{os.path.join(out, prefix)}-{{000000..{len(tasks) - 1:06d}}}.tar, index {index_path}; "
+          f"{len(skipped)} files skipped as corrupt{more}" + ("" if check else " (not checked: --no-check)"),
+          flush=True)
     return index
 
 
@@ -208,9 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="shards written in parallel (default: min(8, CPUs))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the one-off sample shuffle (default 0)")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted order instead of shuffling")
+    parser.add_argument("--no-check", action="store_true",
+                        help="pack every file as it is, without decode-checking it (the loaders skip broken ones)")
     args = parser.parse_args(argv)
     try:
-        convert(args.src, args.out, args.prefix, args.shard_size, args.workers, not args.no_shuffle, args.seed)
+        convert(args.src, args.out, args.prefix, args.shard_size, args.workers, not args.no_shuffle, args.seed,
+                not args.no_check)
     except (ValueError, OSError) as error:
         print(f"make_shards: error: {error}", file=sys.stderr)
         return 2

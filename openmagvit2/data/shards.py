@@ -1,4 +1,4 @@
-"""Reading WebDataset shards: shard patterns, the index written by make_shards, tar iteration, shuffle buffer.
+"""Reading WebDataset shards: shard patterns, the index written by make_shards, tar iteration by segments.
 
 The I/O half of ``data=imagenet_wds`` (the loaders are in ``wds.py``). Opening goes through webdataset's ``gopen``,
 so local paths, ``file:``, ``pipe:`` and ``s3://``/``http(s)://`` URLs all work; tar members are grouped into
@@ -7,16 +7,14 @@ samples by webdataset (``000000001.jpg`` + ``000000001.cls`` -> one sample with 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import random
 import re
-import tarfile
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import webdataset as wds
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import CorruptImageError
 
@@ -25,6 +23,9 @@ IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm"
 
 class ShardError(RuntimeError):
     """A shard that cannot be opened or read as a tar file."""
+
+    def __str__(self) -> str:  # webdataset appends the stream and URL to ``args`` on the way out
+        return str(self.args[0]) if self.args else ""
 
 
 def is_remote(url: str) -> bool:
@@ -62,22 +63,27 @@ def read_index(path: str) -> dict:
         return json.load(handle)
 
 
+def _raise_shard_error(url: str) -> Callable[[Exception], bool]:
+    """A webdataset exception handler that turns any error while reading ``url`` into one :class:`ShardError`."""
+
+    def handler(error: Exception) -> bool:
+        if isinstance(error, ShardError):  # webdataset's outer stages hand an inner stage's error on again
+            raise error
+        detail = error.strerror if isinstance(error, OSError) and error.strerror else (error.args or ("",))[0]
+        raise ShardError(f"cannot read shard {url} ({type(error).__name__}: {detail}): check the path, or "
+                         "re-create it with make_shards.") from error
+
+    return handler
+
+
 def iter_shard(url: str) -> Iterator[dict]:
     """Samples of one shard in stored order: dicts with ``__key__``, ``__url__`` and one bytes entry per field.
 
-    Raises :class:`ShardError` naming the shard when it cannot be opened or is not a readable tar.
+    webdataset's ``tarfile_samples`` opens (``gopen``), reads and groups the members; a shard that cannot be opened
+    or is not a readable tar raises :class:`ShardError` naming it (a bad shard is a broken data set, not a sample to
+    skip: skipping it would silently shrink the epoch).
     """
-    try:
-        stream = wds.gopen(url, "rb")
-    except Exception as error:  # webdataset raises many types (OSError, ValueError, subprocess errors)
-        raise ShardError(f"cannot open shard {url}: {error}") from error
-    try:
-        files = ({**entry, "__url__": url} for entry in tar_file_iterator(stream))
-        yield from group_by_keys(files)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as error:
-        raise ShardError(f"shard {url} is not a readable tar file ({error}); re-create it with make_shards.") from error
-    finally:
-        stream.close()
+    return wds.tarfile_samples([{"url": url}], handler=_raise_shard_error(url))
 
 
 def image_bytes(sample: dict) -> bytes:
@@ -100,22 +106,4 @@ def sample_name(sample: dict) -> str:
 def read_segments(segments: Sequence[tuple[str, int, int | None]]) -> Iterator[dict]:
     """Samples ``start <= n < stop`` of each (shard, start, stop) segment, in order."""
     for url, start, stop in segments:
-        for number, sample in enumerate(iter_shard(url)):
-            if stop is not None and number >= stop:
-                break
-            if number >= start:
-                yield sample
-
-
-def shuffle_buffer(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """Streaming shuffle: keep ``size`` samples, emit a random one per new sample, drain randomly at the end."""
-    buffer: list[dict] = []
-    for sample in samples:
-        if len(buffer) < size:
-            buffer.append(sample)
-            continue
-        slot = rng.randrange(size)
-        buffer[slot], sample = sample, buffer[slot]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
+        yield from itertools.islice(iter_shard(url), start, stop)

@@ -7,13 +7,30 @@ therefore a pure function of those numbers, whatever the number of workers and h
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import torch
 from PIL import Image
 
 
+class Stream(enum.IntEnum):
+    """First key of every ``sample_rng`` call: distinct ids keep the random streams independent of each other.
+
+    The values are part of the data order (changing one changes every batch of that source), hence fixed numbers.
+    """
+
+    EPOCH_ORDER = 1  # map-style: the permutation of an epoch, from (seed, epoch)
+    CROP = 2  # map-style: crop and flip of a sample, from (seed, epoch, index, attempt)
+    REPLACEMENT = 3  # map-style: the substitute for an unusable file, from (seed, epoch, index, attempt)
+    SHARD_ORDER = 11  # shards: the epoch's shard order, and a reader's re-read order in later rounds
+    SHUFFLE_BUFFER = 12  # shards: seed of a reader's shuffle buffer, from (seed, epoch, rank, reader)
+    STREAM_CROP = 13  # shards: crop and flip of a sample, from (seed, epoch, rank, reader, sample number)
+
+
 def sample_rng(*key: int) -> np.random.Generator:
-    """A generator seeded from integers, e.g. ``sample_rng(seed, epoch, index)``; equal keys give equal streams."""
+    """A generator seeded from integers, e.g. ``sample_rng(seed, Stream.CROP, epoch, index)``; equal keys give equal
+    streams."""
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
@@ -55,9 +72,14 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)))
 
 
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``b 3 h w`` in [0, 255] -> float32 ``b 3 h w`` in [-1, 1], the tokenizer's input range."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
+def to_model_range(images: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+    """uint8 ``b 3 h w`` in [0, 255] -> float32 ``b 3 h w`` in [-1, 1], the tokenizer's input range.
+
+    ``pin_memory``: write the result into page-locked memory (CUDA only), so that ``.to(device, non_blocking=True)``
+    is a real asynchronous copy. The float tensor is what travels to the GPU, so it is the one pinned.
+    """
+    out = torch.empty(images.shape, dtype=torch.float32, pin_memory=pin_memory)
+    return out.copy_(images).div_(127.5).sub_(1.0)
 
 
 def train_transform(image: Image.Image, size: int, rng: np.random.Generator, hflip: bool) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openmagvit2.data import build_val_loader
+from openmagvit2.data import build_val_loader, has_validation_set
 from openmagvit2.data.transforms import to_model_range
 from openmagvit2.eval import evaluate
 from openmagvit2.eval.images import to_uint8
@@ -27,8 +27,10 @@ class TrainingEvaluator:
     def __init__(self, data_cfg: Any, batch_size: int, max_images: int, ctx: DistributedContext, model: nn.Module,
                  perceptual: nn.Module | None) -> None:
         self.ctx, self.model = ctx, model
-        self.batches = [to_uint8(batch) for batch in build_val_loader(data_cfg, batch_size, ctx.rank,
-                                                                       ctx.world_size, max_images=max_images)]
+        self.batches = None  # data.val_dir=null: no validation set, nothing to evaluate during training
+        if has_validation_set(data_cfg):
+            self.batches = [to_uint8(batch) for batch in build_val_loader(data_cfg, batch_size, ctx.rank,
+                                                                           ctx.world_size, max_images=max_images)]
         self.metrics = ["psnr", "usage"]
         self.lpips_networks = {}
         if perceptual is not None:  # eval.py computes LPIPS without it, and rFID
@@ -36,6 +38,8 @@ class TrainingEvaluator:
             self.lpips_networks = {"lpips_vgg": perceptual}
 
     def __call__(self) -> dict[str, float]:
+        if self.batches is None:
+            return {}
         results = evaluate(self.model, (to_model_range(batch) for batch in self.batches), metrics=self.metrics,
                            device=self.ctx.device, lpips_networks=self.lpips_networks)
         return {f"val/{name}": value for name, value in results.items()}

@@ -73,9 +73,10 @@ class TokenizerTask:
                                  Precision(cfg.train.precision, ctx.device), ctx.is_distributed)
         evaluator = TrainingEvaluator(cfg.data, cfg.train.batch_size, cfg.train.eval_images, ctx,
                                       gan.ema.module if gan.ema else tokenizer, criterion.perceptual_loss)
+        evaluation = (f"{', '.join(evaluator.metrics)} on {cfg.train.eval_images} images" if evaluator.batches
+                      is not None else "none (the data has no validation set)")
         notes.append(f"generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, discriminator "
-                     f"{count_parameters(discriminator) / 1e6:.2f}M; in-training evaluation: "
-                     f"{', '.join(evaluator.metrics)} on {cfg.train.eval_images} images")
+                     f"{count_parameters(discriminator) / 1e6:.2f}M; in-training evaluation: {evaluation}")
         return cls(gan, evaluator, (cfg.optim.lr, cfg.optim.disc_lr), notes)
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:

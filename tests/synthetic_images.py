@@ -1,4 +1,5 @@
-"""Synthetic image files for tests and benchmarks: photo-like JPEG folders and the odd/broken files real data has.
+"""Synthetic image files for tests and benchmarks (imported by tests/ and bench/, not part of the package):
+photo-like JPEG folders and the odd/broken files real data has.
 
 Photo-like content: crops of the bundled scikit-image photographs plus a little noise, so JPEG sizes and decode
 costs resemble real photographs (ImageNet's average is ~400x350 px, ~110 kB).
@@ -15,7 +16,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from .sample import PHOTOS, load_photos
+from openmagvit2.data.sample import PHOTOS, load_photos
 
 
 def png_rgb16(array: np.ndarray) -> bytes:
