@@ -221,7 +221,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         # Discriminator step on the detached reconstruction (no second generator forward).
         discriminator.requires_grad_(True)
         d_logs: dict[str, torch.Tensor] = {}
-        d_grad_norm = torch.zeros(())
+        d_grad_norm = torch.zeros((), device=ctx.device)
         if step >= cfg.loss.disc_start:
             with precision.autocast():
                 d_loss, d_logs = criterion.discriminator_loss(images, output.reconstruction.detach(), disc, step)
@@ -240,7 +240,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
             used = output.quantizer.indices.unique().numel()
             logs = mean_across_ranks({**g_logs, **d_logs, "grad_norm/generator": g_grad_norm,
                                       "grad_norm/discriminator": d_grad_norm,
-                                      "codebook/batch_usage": torch.tensor(used / codebook_size)}, ctx)
+                                      "codebook/batch_usage": torch.tensor(used / codebook_size, device=ctx.device)}, ctx)
             logs.update({"lr": opt_g.param_groups[0]["lr"], "img_per_s": window_images / elapsed,
                          "steps_per_s": window_images / elapsed / (cfg.train.batch_size * ctx.world_size),
                          **{f"data/{k}": float(v) for k, v in batches.stats().items()}})

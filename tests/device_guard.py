@@ -137,7 +137,8 @@ class _FunctionLevel(TorchFunctionMode):
         elif len(args) > 1 and isinstance(args[1], torch.Tensor):
             target = tags.get(args[1])
         else:
-            device = kwargs.get("device", args[1] if len(args) > 1 and not isinstance(args[1], torch.dtype) else None)
+            positional = args[1] if len(args) > 1 and not isinstance(args[1], torch.dtype) else None
+            device = kwargs.get("device", positional)
             target = self.guard.classify(device, default=None)
         # Run the real conversion on the CPU (dtype, memory format), then copy if the logical device changes.
         real_args = tree_map_only(torch.device, lambda d: torch.device("cpu") if self.guard.is_device(d) else d,

@@ -97,11 +97,15 @@ def any_rank(flag: bool, ctx: DistributedContext) -> bool:
 
 
 def mean_across_ranks(values: dict[str, torch.Tensor], ctx: DistributedContext) -> dict[str, float]:
-    """Average a dict of scalar tensors over ranks with one all-reduce; returns Python floats for logging."""
+    """Average a dict of scalar tensors over ranks with one all-reduce; returns Python floats for logging.
+
+    Each value is moved to `ctx.device` before the stack: `torch.stack` refuses a CPU tensor next to CUDA ones,
+    even a 0-dim one (only elementwise ops accept those), and callers may log host-side numbers.
+    """
     if not values:
         return {}
     names = sorted(values)
-    stacked = torch.stack([values[name].detach().float().reshape(()) for name in names]).to(ctx.device)
+    stacked = torch.stack([values[name].detach().to(ctx.device, torch.float32).reshape(()) for name in names])
     if ctx.is_distributed:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         stacked /= ctx.world_size
