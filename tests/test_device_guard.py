@@ -85,8 +85,9 @@ def guarded_train(overrides: list[str], run_dir, monkeypatch) -> int:
 
 @pytest.mark.slow
 def test_train_loop_runs_under_the_guard(tmp_path, monkeypatch) -> None:
-    """Before disc_start (d_grad_norm) and after it (D step, LeCam, EMA), logging every step, eval at the end."""
-    assert guarded_train(["train.max_steps=2", "loss.disc_start=1", "train.ema_decay=0.9", "train.ckpt_every=2"],
+    """Before disc_start (d_grad_norm) and after it (D step, LeCam, EMA); logging, images and eval every step."""
+    assert guarded_train(["train.max_steps=2", "loss.disc_start=1", "train.ema_decay=0.9", "train.ckpt_every=2",
+                          "train.image_every=1", "train.eval_every=1", "train.channels_last=true"],
                          tmp_path, monkeypatch) == 0
     assert (tmp_path / "COMPLETED").exists()
 
