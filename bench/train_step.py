@@ -536,7 +536,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compile_variants(args: argparse.Namespace, device: torch.device, recipe_precision: str) -> list[tuple[str, bool]]:
-    """fp32 on CPU; on CUDA the recipe's precision, with and without channels_last."""
+    """fp32 on CPU; on CUDA the recipe's precision, then with channels_last (compiling a Large model takes about a
+    minute, so `make gpu-check`'s time budget may stop the second)."""
     if device.type != "cuda":
         return [("fp32", False)]
     return [(recipe_precision, False), (recipe_precision, True)]
