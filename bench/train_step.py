@@ -399,7 +399,7 @@ def fits(step: TrainingStep, entropy_fn: Callable, images: torch.Tensor, batch: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         return True
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError is the same class on recent torch)
         return False
     finally:
         del big
@@ -430,7 +430,7 @@ def largest_batch(step: TrainingStep, entropy_fn: Callable, images: torch.Tensor
         else:
             bad = candidate
     if device.type == "cuda":
-        while bad is not None and bad - good > max(1, good // 16):  # to ~6% of the answer
+        while bad is not None and bad - good > max(1, good // 8):  # to within ~12% of the answer
             middle = (good + bad) // 2
             good, bad = (middle, bad) if probe(middle) else (good, middle)
     return {"batch": good, "capped": bad is None, "probes": probes}
