@@ -65,8 +65,8 @@ _DEVICE_GETTER = torch.Tensor.device.__get__  # a new method-wrapper on each acc
 aten = torch.ops.aten
 _CROSS_DEVICE_OPS = {aten._to_copy.default, aten.copy_.default, aten.copy.default, aten._copy_from.default,
                      aten._copy_from_and_resize.default, aten.lift_fresh.default, aten.lift_fresh_copy.default,
-                     aten._local_scalar_dense.default, aten.set_.source_Storage, aten.set_.source_Storage_storage_offset,
-                     aten.set_.source_Tensor, aten.set_.default, aten._has_compatible_shallow_copy_type.default,
+                     aten._local_scalar_dense.default, aten.set_.source_Storage,
+                     aten.set_.source_Storage_storage_offset, aten.set_.source_Tensor, aten.set_.default, aten._has_compatible_shallow_copy_type.default,
                      aten.is_same_size.default, aten.detach.default, aten.alias.default}
 _INDEX_OPS = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
 _SCALAR_VALUE_OPS = {aten.fill_.Tensor, aten.fill.Tensor, aten.masked_fill_.Tensor, aten.masked_fill.Tensor}
@@ -126,8 +126,11 @@ class _FunctionLevel(TorchFunctionMode):
         result = func(*args, **kwargs)
         if func in _FACTORIES or (func in _LIKE_FACTORIES and kwargs.get("device") is not None):
             tag = self.guard.classify(kwargs.get("device"), default=HOST)
+            # `torch.as_tensor(t)` without a device returns `t` itself, wherever it lives: keep its tag.
+            given = {id(t.untyped_storage()) for t in _tensors((args, kwargs))}
             for tensor in _tensors(result):
-                tags.set(tensor, tag)
+                if id(tensor.untyped_storage()) not in given:
+                    tags.set(tensor, tag)
         return result
 
     def _move(self, func, args, kwargs):

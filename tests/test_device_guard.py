@@ -37,6 +37,8 @@ def test_device_follows_data_and_moves_copy() -> None:
         assert guard.logical_device(follows) == "device"
         assert guard.logical_device(images.view(3, 2)) == "device"
         assert guard.logical_device(images.data) == "device"
+        assert guard.logical_device(torch.as_tensor(images)) == "device"  # as_tensor of a tensor: itself
+        assert guard.logical_device(images) == "device"
         host = images.cpu()
         assert guard.logical_device(host) == "host" and guard.logical_device(images) == "device"
         torch.stack([host, torch.zeros(2, 3)])  # all host: fine

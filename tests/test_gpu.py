@@ -143,3 +143,75 @@ def test_torchrun_training_on_the_device_resumes(device, tmp_path: Path) -> None
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed from" in second.stdout and "at step 2" in second.stdout
     assert (tmp_path / "COMPLETED").read_text().strip() == "4"
+
+
+# --- the CPU device guard (tests/device_guard.py) against CUDA's real rules --------------------------------------------
+
+def _guard_cases() -> dict:
+    """Ops mixing a device tensor `d(shape)` and a host tensor `h(shape)`, each of which CUDA accepts or refuses."""
+    import torch.nn.functional as F
+
+    return {
+        "stack(d 0-dim, h 0-dim)": lambda d, h: torch.stack([d(()), h(())]),
+        "cat(d, h)": lambda d, h: torch.cat([d((2,)), h((2,))]),
+        "d + h 0-dim": lambda d, h: d((3,)) + h(()),
+        "h 0-dim * d": lambda d, h: h(()) * d((3,)),
+        "d 0-dim + h 0-dim": lambda d, h: d(()) + h(()),
+        "d + h": lambda d, h: d((3,)) + h((3,)),
+        "d += h 0-dim": lambda d, h: d((3,)).add_(h(())),
+        "h 0-dim += d 0-dim": lambda d, h: h(()).add_(d(())),
+        "maximum(d, h 0-dim)": lambda d, h: torch.maximum(d((3,)), h(())),
+        "where(d > 0, d, h 0-dim)": lambda d, h: torch.where(d((3,)) > 0, d((3,)), h(())),
+        "lerp(d, d, h 0-dim)": lambda d, h: torch.lerp(d((3,)), d((3,)), h(())),
+        "addcmul(d, d, h 0-dim)": lambda d, h: torch.addcmul(d((3,)), d((3,)), h(())),
+        "clamp(d, min=h 0-dim)": lambda d, h: d((3,)).clamp(min=h(())),
+        "mm(d, h)": lambda d, h: d((2, 2)) @ h((2, 2)),
+        "conv2d(d, h weight)": lambda d, h: F.conv2d(d((1, 1, 4, 4)), h((1, 1, 3, 3))),
+        "d[h long index]": lambda d, h: d((3,))[h((2,)).long()],
+        "d.index_put_(h index, h 0-dim)": lambda d, h: d((3,)).index_put_((h((1,)).long(),), h(())),
+        "d.masked_fill(d > 0, h 0-dim)": lambda d, h: d((3,)).masked_fill(d((3,)) > 0, h(())),
+        "d.fill_(h 0-dim)": lambda d, h: d((3,)).fill_(h(())),
+        "d.copy_(h)": lambda d, h: d((3,)).copy_(h((3,))),
+        "_foreach_mul_([d], h 0-dim)": lambda d, h: torch._foreach_mul_([d((3,))], h(())),
+        "_foreach_add_([d], [h])": lambda d, h: torch._foreach_add_([d((3,))], [h((3,))]),
+    }
+
+
+def _outcomes(device) -> dict[str, str]:
+    def d(shape):
+        return torch.ones(shape, device=device)
+
+    def h(shape):
+        return torch.ones(shape)
+
+    results = {}
+    for name, case in _guard_cases().items():
+        try:
+            case(d, h)
+            results[name] = "accepted"
+        except RuntimeError:
+            results[name] = "refused"
+    return results
+
+
+def _guard_vs_cuda(device) -> tuple[dict, dict]:
+    from device_guard import DeviceGuard
+
+    if not ON_GPU:
+        pytest.skip("compares the guard with CUDA itself: needs the GPU")
+    cuda = _outcomes(device)
+    with DeviceGuard() as guard:
+        guarded = _outcomes(guard.device)
+    return cuda, guarded
+
+
+def test_device_guard_refuses_everything_cuda_refuses(device) -> None:
+    cuda, guarded = _guard_vs_cuda(device)
+    misses = [name for name in cuda if cuda[name] == "refused" and guarded[name] == "accepted"]
+    assert not misses, f"tests/device_guard.py accepts what CUDA refuses: {misses}"
+
+
+def test_device_guard_accepts_everything_cuda_accepts(device) -> None:
+    cuda, guarded = _guard_vs_cuda(device)
+    false_alarms = [name for name in cuda if cuda[name] == "accepted" and guarded[name] == "refused"]
+    assert not false_alarms, f"tests/device_guard.py is stricter than CUDA (harmless, but fix it): {false_alarms}"
