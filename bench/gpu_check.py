@@ -141,11 +141,19 @@ def install_packages(wheels: Path, log_path: Path) -> dict:
     command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile", "-q",
                "--target", str(SITE), *map(str, files)]
     done = subprocess.run(command, capture_output=True, text=True)
-    log_path.write_text(done.stdout + done.stderr)
+    output, how = done.stdout + done.stderr, "pip install --target"
+    if done.returncode != 0 and "No module named pip" in output:
+        import zipfile
+
+        for path in files:  # a wheel is a zip of its importable files: unpacked on sys.path, it is installed
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(SITE)
+        done, how = subprocess.CompletedProcess(command, 0), "unzipped (this Python has no pip)"
+    log_path.write_text(output)
     status = "ok" if done.returncode == 0 else "failed"
     return {"status": status, "wall_s": round(time.monotonic() - started, 1),
-            "installed": [p.name for p in files], "note": f"into {SITE}",
-            "tail": (done.stdout + done.stderr).splitlines()[-15:] if status != "ok" else []}
+            "installed": [p.name for p in files], "note": f"{len(files)} wheels into {SITE} ({how})",
+            "tail": output.splitlines()[-15:] if status != "ok" else []}
 
 
 # What the GPU box ships (torch, torchvision, einops, rich, scikit-image and their own dependencies).
