@@ -319,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+REFERENCE_ROW = "reference-equivalent: dense entropy, fp16 + GradScaler"
+
+
 def build_rows(args: argparse.Namespace, device: torch.device, images: torch.Tensor, sync: Callable[[], None],
                perceptual: torch.nn.Module | None) -> tuple[list[Row], list[str], TrainingStep]:
     """The eager rows of the table (the compile rows are built later), and notes about skipped rows."""
@@ -349,15 +352,12 @@ def build_rows(args: argparse.Namespace, device: torch.device, images: torch.Ten
         diff = check_dense_matches(args.bits, device=device)
         notes.append(f"dense formula vs ours on 256 random tokens: max abs diff of the two entropies and their "
                      f"gradients {diff:.1e}; dense needs ~{dense_gib:.0f} GiB of N x 2^K tensors")
-        # The same models and optimisers as the baseline (fp16) row, with the entropy swapped for this row only.
+        # The same models and optimisers as the baseline (and the fp16) row, the entropy swapped for the row only.
         rows.append(Row("fp32, dense entropy (reference formula)", baseline, dense_entropy_terms, sync,
                         min(args.slow_repeats, args.repeats)))
         if fp16 is not None:
             rows.append(Row(REFERENCE_ROW, fp16, dense_entropy_terms, sync, args.repeats))
     return rows, notes, baseline
-
-
-REFERENCE_ROW = "reference-equivalent: dense entropy, fp16 + GradScaler"
 
 
 def warm_up(rows: list[Row], images: torch.Tensor, sync: Callable[[], None], args: argparse.Namespace) -> None:
@@ -391,22 +391,25 @@ def time_rows(rows: list[Row], images: torch.Tensor, sync: Callable[[], None], d
 
 def fits(step: TrainingStep, entropy_fn: Callable, images: torch.Tensor, batch: int, device: torch.device) -> bool:
     """Does one step at `batch` images (the fixed batch repeated) run without running out of GPU memory?"""
-    repeats = math.ceil(batch / images.shape[0])
-    big = images.repeat(repeats, 1, 1, 1)[:batch]
+    big = images.repeat(math.ceil(batch / images.shape[0]), 1, 1, 1)[:batch]
+    ok = True
     try:
         with quantizer_entropy(entropy_fn):
             step(big)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return True
     except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError is the same class on recent torch)
-        return False
-    finally:
-        del big
-        for optimizer in (step.opt_g, step.opt_d):
-            optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        ok = False
+    # Out of the except clause, the traceback (and the failed step's tensors it holds) is gone: free the memory.
+    del big
+    for optimizer in (step.opt_g, step.opt_d):
+        optimizer.zero_grad(set_to_none=True)
+    for scaler in (step.scaler_g, step.scaler_d):
+        if not ok and scaler.is_enabled():  # a step stopped between unscale_ and update must not block the next
+            scaler._per_optimizer_states.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return ok
 
 
 def largest_batch(step: TrainingStep, entropy_fn: Callable, images: torch.Tensor, start: int, cap: int,
