@@ -69,30 +69,6 @@ def assert_learns(losses: list[float]) -> None:
     assert last < first, f"the loss did not decrease on a repeated batch: {losses}"
 
 
-VARIANTS = [
-    ("tiny", "fp32", False, False), ("tiny", "bf16", False, False), ("tiny", "fp16", False, False),
-    ("tiny", "bf16", True, False), ("tiny", "bf16", False, True),
-    ("openmagvit2_v3_256_large", "fp32", False, False), ("openmagvit2_v3_256_large", "bf16", False, False),
-    ("openmagvit2_v3_256_large", "fp16", False, False), ("openmagvit2_v3_256_large", "bf16", True, False),
-]
-
-
-@pytest.mark.parametrize(("model", "precision", "channels_last", "compiled"), VARIANTS,
-                         ids=[f"{m}-{p}{'-channels_last' if c else ''}{'-compile' if t else ''}"
-                              for m, p, c, t in VARIANTS])
-def test_training_steps_are_finite_and_learn(device, monkeypatch, model, precision, channels_last, compiled) -> None:
-    if not ON_GPU:
-        if precision == "fp16":
-            pytest.skip("fp16 autocast + GradScaler is CUDA-only (Precision refuses it on the CPU)")
-        if model != "tiny" and (precision != "fp32" or channels_last):
-            pytest.skip("CPU rehearsal: the Large model runs in fp32 only (bf16 convolutions are a slow fallback)")
-        precision = "fp32" if (channels_last or compiled) else precision
-        monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    assert_learns(train_losses(model, device, f"train.precision={precision}",
-                               f"train.channels_last={str(channels_last).lower()}",
-                               f"train.compile={str(compiled).lower()}"))
-
-
 def test_lfq_on_the_device_equals_the_cpu(device) -> None:
     from openmagvit2 import LFQ
 
@@ -111,19 +87,26 @@ def test_lfq_on_the_device_equals_the_cpu(device) -> None:
     cpu, here = results
     assert torch.equal(here["indices"].cpu(), cpu["indices"]) and torch.equal(here["quantized"].cpu(), cpu["quantized"])
     for name in ("entropy_loss", "per_sample_entropy", "codebook_entropy", "commitment", "grad"):
-        torch.testing.assert_close(here[name].detach().cpu(), cpu[name].detach(), rtol=1e-4, atol=1e-6, msg=name)
+        expected = cpu[name].detach()
+        torch.testing.assert_close(here[name].detach().cpu(), expected, rtol=1e-4,
+                                   atol=1e-5 * float(expected.abs().max()) + 1e-8, msg=name)
 
 
-def test_weight_free_metrics_on_the_device_equal_the_cpu(device) -> None:
-    from test_eval import image_batches, tiny_tokenizer
+def test_weight_free_metrics_on_the_device_equal_the_cpu(device, monkeypatch) -> None:
+    """PSNR and SSIM to 1e-3; usage to two codes, since a latent within rounding of 0 may take the other sign."""
+    from test_eval import CODEBOOK_BITS, image_batches, tiny_tokenizer
 
     from openmagvit2.eval import evaluate
 
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as on the CPU
     metrics = ["psnr", "ssim", "usage"]
     expected = evaluate(tiny_tokenizer(), image_batches(), metrics, "cpu")
     results = evaluate(tiny_tokenizer().to(device), image_batches(), metrics, device)
-    for name, value in expected.items():
-        assert results[name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    assert results["num_images"] == expected["num_images"]
+    for name in ("psnr", "ssim"):
+        assert results[name] == pytest.approx(expected[name], rel=1e-3), name
+    assert abs(results["codes_used"] - expected["codes_used"]) <= 2
+    assert results["usage"] == pytest.approx(expected["usage"], abs=2 / 2 ** CODEBOOK_BITS)
     for precision in ("bf16", "fp16") if ON_GPU else ("bf16",):
         approx = evaluate(tiny_tokenizer().to(device), image_batches(), metrics, device, precision=precision)
         assert abs(approx["psnr"] - expected["psnr"]) < 1.0, (precision, approx, expected)
@@ -215,3 +198,29 @@ def test_device_guard_accepts_everything_cuda_accepts(device) -> None:
     cuda, guarded = _guard_vs_cuda(device)
     false_alarms = [name for name in cuda if cuda[name] == "accepted" and guarded[name] == "refused"]
     assert not false_alarms, f"tests/device_guard.py is stricter than CUDA (harmless, but fix it): {false_alarms}"
+
+
+# Cheap checks first and compilation last, so that a run stopped by make gpu-check's time cap loses the least.
+VARIANTS = [
+    ("tiny", "fp32", False, False), ("tiny", "bf16", False, False), ("tiny", "fp16", False, False),
+    ("tiny", "bf16", True, False),
+    ("openmagvit2_v3_256_large", "fp32", False, False), ("openmagvit2_v3_256_large", "bf16", False, False),
+    ("openmagvit2_v3_256_large", "fp16", False, False), ("openmagvit2_v3_256_large", "bf16", True, False),
+    ("tiny", "bf16", False, True),
+]
+
+
+@pytest.mark.parametrize(("model", "precision", "channels_last", "compiled"), VARIANTS,
+                         ids=[f"{m}-{p}{'-channels_last' if c else ''}{'-compile' if t else ''}"
+                              for m, p, c, t in VARIANTS])
+def test_training_steps_are_finite_and_learn(device, monkeypatch, model, precision, channels_last, compiled) -> None:
+    if not ON_GPU:
+        if precision == "fp16":
+            pytest.skip("fp16 autocast + GradScaler is CUDA-only (Precision refuses it on the CPU)")
+        if model != "tiny" and (precision != "fp32" or channels_last):
+            pytest.skip("CPU rehearsal: the Large model runs in fp32 only (bf16 convolutions are a slow fallback)")
+        precision = "fp32" if (channels_last or compiled) else precision
+        monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    assert_learns(train_losses(model, device, f"train.precision={precision}",
+                               f"train.channels_last={str(channels_last).lower()}",
+                               f"train.compile={str(compiled).lower()}"))
