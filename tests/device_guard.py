@@ -25,6 +25,7 @@ The rules, as CUDA applies them (ATen's `TensorIteratorBase::compute_types` and 
   scalar"); an H output, or an H input with any elements, is an error. So `d + torch.tensor(2.0)` passes.
 - Every other op (`stack`, `cat`, `mm`, convolutions, foreach ops, unary/ternary pointwise ops, ...) needs all its
   tensors on one device: `torch.stack([d, torch.tensor(2.0)])` fails, as on CUDA (pytorch/pytorch#119609).
+- `.numpy()` (and `np.asarray`) of a device tensor fails, as on CUDA.
 - Copies (`copy_`, `_to_copy`, `.item()`, `set_`) cross devices by design; indexing accepts H index tensors and a
   0-dim H value (`index`, `index_put_`), `fill_`/`masked_fill_` a 0-dim H value.
 Where the author was unsure what CUDA accepts (e.g. a 0-dim CPU weight in `lerp`), the guard is the stricter one: a
@@ -123,6 +124,9 @@ class _FunctionLevel(TorchFunctionMode):
             return self.guard.device if tags.get(args[0]) == DEVICE else func(*args)
         if func in (torch.Tensor.to, torch.Tensor.cpu):
             return self._move(func, args, kwargs)
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__) and tags.get(args[0]) == DEVICE:
+            raise TypeError(f"can't convert {self.guard.name} device type tensor to numpy. Use Tensor.cpu() to copy "
+                            "the tensor to host memory first. (device guard)")
         result = func(*args, **kwargs)
         if func in _FACTORIES or (func in _LIKE_FACTORIES and kwargs.get("device") is not None):
             tag = self.guard.classify(kwargs.get("device"), default=HOST)

@@ -41,6 +41,9 @@ def test_device_follows_data_and_moves_copy() -> None:
         assert guard.logical_device(images) == "device"
         host = images.cpu()
         assert guard.logical_device(host) == "host" and guard.logical_device(images) == "device"
+        with pytest.raises(TypeError, match="numpy"):
+            images.numpy()
+        assert host.numpy().shape == (2, 3)
         torch.stack([host, torch.zeros(2, 3)])  # all host: fine
         module = torch.nn.Linear(3, 2).to(guard.device)
         assert all(guard.logical_device(p) == "device" for p in module.parameters())
