@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -115,7 +116,8 @@ def test_weight_free_metrics_on_the_device_equal_the_cpu(device, monkeypatch) ->
 @pytest.mark.slow
 def test_torchrun_training_on_the_device_resumes(device, tmp_path: Path) -> None:
     """train.py under torchrun (1 process: the launch and device path of a GPU job), stopped at a checkpoint and
-    resumed. With one process there is no process group, so NCCL collectives need a 2-GPU machine."""
+    resumed, then eval.py on its checkpoint. With one process there is no process group, so NCCL collectives need
+    a 2-GPU machine."""
     common = ["-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29531", "train.py",
               *FAST_OVERRIDES, f"device={DEVICE}", "loss.disc_start=1", "train.ema_decay=0.9",
               "train.ckpt_every=2", "train.eval_every=2", f"hydra.run.dir={tmp_path}"]
@@ -126,6 +128,18 @@ def test_torchrun_training_on_the_device_resumes(device, tmp_path: Path) -> None
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed from" in second.stdout and "at step 2" in second.stdout
     assert (tmp_path / "COMPLETED").read_text().strip() == "4"
+
+    # eval.py on the device, on the checkpoint just written: the weight-free metrics and the grid.
+    from openmagvit2.train.checkpoint import latest_checkpoint
+
+    run_dir = tmp_path / "eval"
+    evaluated = run_entry_point(["eval.py", f"ckpt={latest_checkpoint(tmp_path)}", "metrics=[psnr,ssim,usage]",
+                                 "data.image_size=32", "max_images=16", "batch_size=8", f"device={DEVICE}",
+                                 "logger.mode=disabled", f"hydra.run.dir={run_dir}"], timeout=300)
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert metrics["num_images"] == 16 and 0 < metrics["psnr"] < 100
+    assert (run_dir / "reconstructions.png").is_file()
 
 
 # --- the CPU device guard (tests/device_guard.py) against CUDA's real rules --------------------------------------------
