@@ -1,10 +1,12 @@
 """GPU checks (`pytest -m gpu`, run by `make gpu-check`): training steps in every precision, the LFQ and the metrics
-on CUDA against the CPU, and train.py under torchrun with resume.
+on CUDA against the CPU, train.py under torchrun with resume and eval.py after it, and the CPU device guard
+(tests/device_guard.py) against CUDA's own rules.
 
 Without a CUDA GPU these tests skip, unless OPENMAGVIT2_REQUIRE_GPU=1 (set by `make gpu-check`): then they fail.
 OPENMAGVIT2_GPU_DEVICE=cpu (`make gpu-check DEVICE=cpu`) runs the same tests on the CPU with tiny sizes, a
-rehearsal of the GPU run that CI can afford: fp16 (CUDA only) is skipped there and `torch.compile` uses the
-`eager` backend (dynamo tracing, no code generation).
+rehearsal of the GPU run that CI can afford: fp16 (CUDA only) and the guard comparisons are skipped there, the
+channels_last and compiled variants run in fp32, and `torch.compile` uses the `eager` backend (dynamo tracing, no
+code generation).
 """
 from __future__ import annotations
 
