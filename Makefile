@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slurm sweep-demo bench weights shards clean
+.PHONY: setup demo test test-fast test-slurm sweep-demo bench weights shards gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,35 @@ WORKERS ?= 8
 shards: setup
 	$(PY) -m openmagvit2.data.make_shards --src $(SRC)/train --out $(OUT) --shard-size $(SHARD_SIZE) --workers $(WORKERS)
 	$(PY) -m openmagvit2.data.make_shards --src $(SRC)/val --out $(OUT) --shard-size $(SHARD_SIZE) --workers $(WORKERS)
+
+## gpu-check: on a CUDA machine, pytest -m gpu + the LFQ and training-step benchmarks in under 8 minutes; writes
+## report.md and report.json to OUT (default runs/gpu-check). DEVICE=cpu rehearses it with tiny sizes (a few minutes).
+## Missing Python packages are installed from gpu-wheels/ (make gpu-wheels) into runs/gpu-site, never from the network.
+DEVICE ?= cuda
+GPU_CHECK_OUT := $(if $(filter command line environment,$(origin OUT)),$(OUT),runs/gpu-check)
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS ?= gpu-wheels
+gpu-check:
+	$(GPU_PYTHON) -u bench/gpu_check.py --device $(DEVICE) --out $(GPU_CHECK_OUT) --wheels $(GPU_WHEELS)
+
+## gpu-wheels: download, here, the py3.12 manylinux wheels that the GPU box lacks (it has torch, torchvision, numpy,
+## pillow, scipy, scikit-image, rich, einops; no network). wandb is left out (logger.mode=disabled never imports it);
+## GPU_WHEELS_WANDB=1 adds it and its dependencies (~30 MB more).
+GPU_WHEEL_SPECS := hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.4 packaging==26.4 \
+	hydra-submitit-launcher==1.2.0 submitit==1.5.4 cloudpickle==3.1.3 typing_extensions==4.16.0 \
+	lpips==0.1.4 tqdm==4.70.1 clean-fid==0.1.35 requests==2.34.2 charset-normalizer==3.5.3 idna==3.20 \
+	urllib3==2.8.0 certifi==2026.10.19.post1 webdataset==1.0.2 braceexpand==0.1.7 safetensors==0.8.0 \
+	pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0 Pygments==2.21.0
+GPU_WANDB_SPECS := wandb==0.31.0 click gitpython gitdb smmap platformdirs protobuf psutil pydantic pydantic-core \
+	annotated-types typing-inspection sentry-sdk
+GPU_PLATFORM := --only-binary=:all: --no-deps --python-version 3.12 --implementation cp --abi cp312 \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
+gpu-wheels:
+	mkdir -p $(GPU_WHEELS)
+	$(GPU_PYTHON) -m pip download -q $(GPU_PLATFORM) -d $(GPU_WHEELS) $(GPU_WHEEL_SPECS) $(if $(GPU_WHEELS_WANDB),$(GPU_WANDB_SPECS))
+	@# antlr4-python3-runtime (omegaconf's parser) is an sdist only on PyPI: build its pure-Python wheel here.
+	$(GPU_PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) antlr4-python3-runtime==4.9.3
+	$(GPU_PYTHON) bench/gpu_check.py --check-wheels --wheels $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs outputs multirun

@@ -2,7 +2,7 @@
 
     python bench/lfq.py                      # K in {10, 14, 16, 18} x N in {256, 1024, 4096} tokens, CPU
     python bench/lfq.py --bits 18 --tokens 1024 --threads 1
-    python bench/lfq.py --device cuda --max-dense-gib 40
+    python bench/lfq.py --device cuda --bits 18 --tokens 2048 --max-dense-gib 40 --json runs/gpu-check/lfq.json
 
 Both sides do the same job on `b K h w` latents (b = N / 256, 16x16 tokens per image): quantize, indices,
 per-sample entropy, codebook entropy, commitment, then backward of entropy + commitment, in fp32.
@@ -15,6 +15,7 @@ Dense cases whose estimated need (6 copies of N x 2^K fp32) exceeds `--max-dense
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--max-dense-gib", type=float, default=8.0, help="skip dense cases estimated above this")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,6 +179,10 @@ def main() -> None:
             rows.append(run_case(bits, tokens, args.repeats, args.dense_repeats, args.device, args.max_dense_gib))
             print(f"done K={bits} N={tokens}", file=sys.stderr, flush=True)
     print_table(rows, args.device)
+    if args.json:
+        device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
