@@ -97,3 +97,16 @@ def test_folder_to_shards_to_clips(video_folder: Path, tmp_path: Path) -> None:
     assert convert_videos(str(video_folder), str(tmp_path / "shards"), shard_size=2, seed=0) == index
     with pytest.raises(ValueError, match="made from other inputs or settings"):
         convert_videos(str(video_folder), str(tmp_path / "shards"), shard_size=3, seed=0)
+
+
+def test_broken_videos_are_skipped_and_counted_by_the_converter(video_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    source = tmp_path / "videos"
+    shutil.copytree(video_folder, source)
+    good = next((source / "Archery").iterdir())
+    (source / "Archery" / "broken.avi").write_bytes(good.read_bytes()[:200])  # a truncated download
+    (source / "Archery" / "text.avi").write_bytes(b"not a video\n")
+    index = convert_videos(str(source), str(tmp_path / "shards"), shard_size=2, seed=0)
+    assert index["skipped_corrupt"] == 2 and index["total"] == 4
+    assert sorted(Path(path).name for path, _ in index["skipped"]) == ["broken.avi", "text.avi"]

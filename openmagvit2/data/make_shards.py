@@ -30,7 +30,7 @@ import sys
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import webdataset as wds
@@ -111,8 +111,10 @@ class ShardResult:
     skipped: list[tuple[str, str]]
 
 
-def write_shard(task: ShardTask, src: str, out: str, check: bool = True) -> ShardResult:
-    """Write one shard atomically, skipping files that do not decode when ``check``."""
+def write_shard(task: ShardTask, src: str, out: str, check: bool = True,
+                why_broken: Callable[[bytes], str | None] | None = None) -> ShardResult:
+    """Write one shard atomically, skipping files that do not decode when ``check`` (``why_broken``: the check,
+    images by default; the video converter passes its own)."""
     final = os.path.join(out, task.name)
     unlabeled, skipped = 0, []
     with atomic_write(final) as stream:  # a whole shard or nothing, with the umask's permissions
@@ -124,7 +126,7 @@ def write_shard(task: ShardTask, src: str, out: str, check: bool = True) -> Shar
             except OSError as error:
                 raise OSError(f"cannot read {os.path.join(src, relative)}: {error}; fix its permissions or remove it "
                               "and re-run (finished shards are kept).") from error
-            reason = corruption(data) if check else None
+            reason = (why_broken or corruption)(data) if check else None
             if reason is not None:
                 skipped.append((relative, reason))
                 continue

@@ -14,8 +14,9 @@ import argparse
 import json
 import os
 
-from .make_shards import INDEX_FORMAT, INDEX_VERSION, fingerprint, plan_shards, write_json_atomic, write_shard
-from .video_clips import scan_video_folder
+from .make_shards import (INDEX_FORMAT, INDEX_VERSION, fingerprint, plan_shards, write_json_atomic, write_shard,
+                          written_shard)
+from .video_clips import scan_video_folder, video_corruption
 
 
 def convert_videos(src: str, out: str, prefix: str | None = None, shard_size: int = 100, shuffle: bool = True,
@@ -29,21 +30,28 @@ def convert_videos(src: str, out: str, prefix: str | None = None, shard_size: in
     tasks = plan_shards(listing, prefix, shard_size, shuffle, seed)
     os.makedirs(out, exist_ok=True)
     plan_path = os.path.join(out, f"{prefix}.plan.json")
-    plan = {"fingerprint": fingerprint(listing, tasks), "src": src, "shard_size": shard_size, "shuffle": shuffle,
-            "seed": seed, "shards": len(tasks), "kind": "video"}
+    plan = {"fingerprint": fingerprint(listing, tasks, check=True), "src": src, "shard_size": shard_size,
+            "shuffle": shuffle, "seed": seed, "shards": len(tasks), "kind": "video"}
     if os.path.exists(plan_path):
         with open(plan_path, encoding="utf-8") as handle:
             if json.load(handle).get("fingerprint") != plan["fingerprint"]:
                 raise ValueError(f"{out} holds '{prefix}' shards made from other inputs or settings ({plan_path}): "
                                  "use a new --out or --prefix, or delete the old shards.")
     write_json_atomic(plan_path, plan)
+    counts, skipped = {}, []
     for task in tasks:
         if not os.path.exists(os.path.join(out, task.name)):
-            write_shard(task, src, out)
-            print(f"[make_video_shards] wrote {task.name} ({len(task.rows)} videos)", flush=True)
+            result = write_shard(task, src, out, why_broken=video_corruption)  # broken videos skipped, counted
+            skipped += result.skipped
+            print(f"[make_video_shards] wrote {task.name} ({result.count} videos, {len(result.skipped)} broken "
+                  "skipped)", flush=True)
+            counts[task.name] = result.count
+        else:
+            counts[task.name] = written_shard(task, out).count
     index = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": "video", "src": src, "prefix": prefix,
-             "classes": listing.classes, "total": len(listing), "unlabeled": 0, "shuffled": shuffle, "seed": seed,
-             "shards": [{"name": task.name, "count": len(task.rows), "unlabeled": 0} for task in tasks]}
+             "classes": listing.classes, "total": sum(counts.values()), "unlabeled": 0, "shuffled": shuffle,
+             "seed": seed, "skipped_corrupt": len(skipped), "skipped": [list(item) for item in skipped[:1000]],
+             "shards": [{"name": task.name, "count": counts[task.name], "unlabeled": 0} for task in tasks]}
     write_json_atomic(os.path.join(out, f"{prefix}.json"), index)
     print(f"[make_video_shards] {len(listing)} videos ({len(listing.classes)} classes) in {len(tasks)} shards: "
           f"{os.path.join(out, prefix)}-{{000000..{len(tasks) - 1:06d}}}.tar", flush=True)

@@ -18,9 +18,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import webdataset as wds
 
 from .folder import UNLABELED, FolderListing
-from .shards import iter_shard, shuffle_buffer
+from .shards import iter_shard
 
 VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".webm", ".mkv", ".mov"})
 VIDEO_FIELDS = tuple(extension.lstrip(".") for extension in sorted(VIDEO_EXTENSIONS))
@@ -92,6 +93,20 @@ def decode_clip(data: bytes, length: int = 17, rng: random.Random | None = None,
     return np.stack(frames[start:start + length])
 
 
+def video_corruption(data: bytes) -> str | None:
+    """Why `data` is not a decodable video (None if its first frame decodes): the converter's check."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                return "no video stream"
+            next(container.decode(container.streams.video[0]))
+    except (av.FFmpegError, StopIteration, OSError, ValueError) as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no frames'}"
+    return None
+
+
 def clip_to_tensor(frames: np.ndarray, size: int = 128, rng: random.Random | None = None) -> torch.Tensor:
     """`t h w 3` uint8 -> `3 t size size` float in [-1, 1]: short side to `size` (bilinear, half-pixel centres as
     cv2.INTER_LINEAR), then a random crop with `rng`, else the centre crop."""
@@ -149,7 +164,7 @@ class VideoClipShards(torch.utils.data.IterableDataset):
         while True:
             samples = (sample for url in self._my_urls(epoch) for sample in iter_shard(url))
             if self.train:
-                samples = shuffle_buffer(samples, self.buffer, rng)
+                samples = wds.shuffle(self.buffer, initial=self.buffer, rng=rng)(samples)
             for sample in samples:
                 try:
                     frames = decode_clip(video_bytes(sample), self.frames, rng if self.train else None)
