@@ -35,6 +35,10 @@ def test_greedy_cases_and_multinomial_frequencies() -> None:
     for generator in (torch.Generator().manual_seed(0), [torch.Generator().manual_seed(i) for i in range(20000)]):
         counts = torch.bincount(draw(probs, generator), minlength=3) / 20000
         torch.testing.assert_close(counts, probs[0], atol=0.02, rtol=0)
+    sparse = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).repeat(5000, 1)  # zero-probability entries are never drawn
+    assert set(draw(sparse, torch.Generator().manual_seed(1)).tolist()) == {1, 3}
+    with pytest.raises(ValueError, match="one per row"):
+        draw(probs[:2], [torch.Generator()])
 
 
 def test_knobs_broadcast_and_validate() -> None:

@@ -44,7 +44,7 @@ def generate_tokens(model: ARModel, labels: torch.Tensor, cfg_scale: Knob, tempe
                 logits = guide(model.head[i](model.norm(out[:, -1])), knobs.cfg_scale[i], batch)
                 sub = sample_subtoken(logits, knobs.temperature[i], knobs.top_k[i], knobs.top_p[i], generator)
                 subtokens.append(sub)
-                sub_rows = sub.repeat(rows.shape[0] // batch)
+                sub_rows = sub if rows.shape[0] == batch else torch.cat([sub, sub])  # both guidance halves
                 subtoken_inputs.append(model.sub_embeddings[i](sub_rows)[:, None])
             tokens[:, t] = combine_subtokens(subtokens, config.factorized_bits)
             x = torch.stack(subtoken_inputs).sum(0)

@@ -1,8 +1,9 @@
 """A static key/value cache for autoregressive decoding.
 
 Allocated once per `generate` call for all layers of a stack (`l b h s e`), then written in place: no per-step
-allocation, fixed shapes (so the decode step can be compiled later), and nothing is attached to the modules, so a
-model that sampled still trains and saves exactly its weights.
+allocation, and nothing is attached to the modules, so a model that sampled still trains and saves exactly its
+weights. The buffers have fixed shapes; each step attends to the filled prefix (a slice, the cheapest in eager mode).
+A compiled decode step would instead attend to the full length under a position mask, on the same buffers.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from openmagvit2.generation.kv_cache import KVCache
@@ -54,24 +53,26 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0, start: int = 0) -> torch.Tensor:
-        """x `b s d` at positions start..start+s-1 (cos/sin `s e/2` for them) -> `b s d`.
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                start: int = 0) -> torch.Tensor:
+        """x `b s d` at positions start..start+s-1 (rope: their complex `s e/2` rotations) -> `b s d`.
 
         Without a cache, attention is causal over x. With one, x's keys/values are written at `start` and x attends
-        to every cached position up to its own; a multi-position write must then start at 0.
+        to every cached position up to its own; a multi-position write must then start at 0. (Views instead of
+        einops: this is the decode loop's hot path.)
         """
-        q, k, v = rearrange(self.wqkv(x), "b s (three h e) -> three b s h e", three=3, h=self.num_heads)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = (rearrange(t, "b s h e -> b h s e") for t in (q, k, v))
-        causal = x.shape[1] > 1
+        b, s, _ = x.shape
+        q, k, v = self.wqkv(x).view(b, s, 3, self.num_heads, -1).unbind(2)  # `b s h e` each, q k v contiguous blocks
+        q, k = apply_rope(q, rope).transpose(1, 2), apply_rope(k, rope).transpose(1, 2)  # `b h s e`
+        v = v.transpose(1, 2)
+        causal = s > 1
         if cache is not None:
             if causal and start:
                 raise ValueError("a multi-position KV-cache write must start at position 0.")
             k, v = cache.update(layer, start, k, v)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                              dropout_p=self.attn_dropout if self.training else 0.0)
-        return self.resid_dropout(self.wo(rearrange(out, "b h s e -> b s (h e)")))
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, s, -1)))
 
 
 class Block(nn.Module):
@@ -85,9 +86,9 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(dim, norm_eps)
         self.ffn_norm = RMSNorm(dim, norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0, start: int = 0) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, layer, start)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                start: int = 0) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache, layer, start)
         return h + self.feed_forward(self.ffn_norm(h))
 
 

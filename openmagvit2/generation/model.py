@@ -56,9 +56,8 @@ class ARModel(nn.Module):
         self.factorized_blocks = nn.ModuleList(Block(*block_args) for _ in range(c.factorized_layers))
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.head = nn.ModuleList(nn.Linear(c.dim, 2 ** bits, bias=False) for bits in c.factorized_bits)
-        cos, sin = rope_table_2d(c.grid_size, c.head_dim, c.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)  # `(1 + n) e/2`: class token, then the grid
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # Complex `(1 + n) e/2` rotations: the class token (zeros), then the grid; not in the state dict.
+        self.register_buffer("rope", rope_table_2d(c.grid_size, c.head_dim, c.rope_base), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -143,16 +142,16 @@ class ARModel(nn.Module):
 
     def spatial(self, x: torch.Tensor, start: int, cache: KVCache | None = None) -> torch.Tensor:
         """Spatial blocks on `b s d` at sequence positions start..start+s-1 (0 is the class token) -> `b s d`."""
-        cos, sin = self.rope_cos[start:start + x.shape[1]], self.rope_sin[start:start + x.shape[1]]
+        rope = self.rope[start:start + x.shape[1]]
         for layer, block in enumerate(self.spatial_blocks):
-            x = block(x, cos, sin, cache, layer, start)
+            x = block(x, rope, cache, layer, start)
         return x
 
     def intra(self, x: torch.Tensor, start: int, cache: KVCache | None = None) -> torch.Tensor:
         """Intra blocks on `b s d` at sub-token positions start..start+s-1 (same RoPE rows as the spatial stack)."""
-        cos, sin = self.rope_cos[start:start + x.shape[1]], self.rope_sin[start:start + x.shape[1]]
+        rope = self.rope[start:start + x.shape[1]]
         for layer, block in enumerate(self.factorized_blocks):
-            x = block(x, cos, sin, cache, layer, start)
+            x = block(x, rope, cache, layer, start)
         return x
 
     # -- sampling -------------------------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ import torch
 from einops import rearrange
 
 
-def rope_table_2d(grid_size: int, head_dim: int, base: float, prefix: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each `s p` with s = prefix + grid_size^2 positions and p = head_dim / 2 rotation pairs.
+def rope_table_2d(grid_size: int, head_dim: int, base: float, prefix: int = 1) -> torch.Tensor:
+    """Rotations cos + i sin, complex64 `s p`, s = prefix + grid_size^2 positions, p = head_dim / 2 pairs.
 
     Pair k < p/2 of cell (r, c) turns by r * f_k, pair p/2 + k by c * f_k, with f_k = base^(-2k / p) (fp32, as
-    upstream computes it). The first `prefix` rows are zeros.
+    upstream computes it). The first `prefix` rows are zeros (not rotations: they zero q and k).
     """
     pairs = head_dim // 2
     freqs = 1.0 / (base ** (torch.arange(0, pairs, 2)[: pairs // 2].float() / pairs))
@@ -22,17 +22,15 @@ def rope_table_2d(grid_size: int, head_dim: int, base: float, prefix: int = 1) -
     angles = torch.cat([rearrange(angles_1d, "r f -> r 1 f").expand(-1, grid_size, -1),
                         rearrange(angles_1d, "c f -> 1 c f").expand(grid_size, -1, -1)], dim=-1)
     angles = rearrange(angles, "r c p -> (r c) p")
-    zeros = torch.zeros(prefix, pairs)
-    return torch.cat([zeros, angles.cos()]), torch.cat([zeros, angles.sin()])
+    table = torch.cat([torch.zeros(prefix, pairs), torch.ones(grid_size ** 2, pairs)])
+    return torch.polar(table, torch.cat([torch.zeros(prefix, pairs), angles]))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2i, 2i+1) of `b s h e` by the angles of `s e/2` tables; fp32 math, x's dtype out.
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate the interleaved pairs (2i, 2i+1) of `b s h e` by a complex `s e/2` table; fp32 math, x's dtype out.
 
-    (Upstream returns fp32 whatever the input; under autocast attention casts back anyway.)
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), a complex product. Upstream returns fp32 whatever the input;
+    under autocast attention casts back anyway. Plain views, no einops: this runs ~10 times per decoded token.
     """
-    pairs = rearrange(x.float(), "b s h (p two) -> b s h p two", two=2)
-    x0, x1 = pairs.unbind(-1)
-    cos, sin = rearrange(cos, "s p -> 1 s 1 p"), rearrange(sin, "s p -> 1 s 1 p")
-    rotated = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
-    return rearrange(rotated, "b s h p two -> b s h (p two)").to(x.dtype)
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation[:, None]).flatten(3).to(x.dtype)
