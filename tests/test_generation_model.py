@@ -241,3 +241,10 @@ def test_forward_refuses_bad_inputs() -> None:
         model(torch.zeros(1, 16, dtype=torch.int32), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="one value per sub-token"):
         model.generate(torch.tensor([0]), cfg_scale=(1.0, 2.0, 3.0))
+
+
+def test_generate_under_bf16_autocast_uses_a_matching_cache() -> None:
+    model = random_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = model.generate(torch.tensor([0, 1]), cfg_scale=2.0, top_k=1)
+    assert tokens.shape == (2, 16) and tokens.dtype == torch.long

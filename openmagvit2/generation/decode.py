@@ -58,12 +58,15 @@ class CachedStep:
 
     def __init__(self, model: ARModel, rows: int) -> None:
         config = model.config
-        weight = model.pre_emb.weight
+        device = model.pre_emb.weight.device
+        # Keys and values come out of the projections in the autocast dtype when autocast is on.
+        dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                 else model.pre_emb.weight.dtype)
         self.model = model
         self.spatial_cache = KVCache(config.spatial_layers, rows, config.num_heads, config.num_tokens,
-                                     config.head_dim, weight.dtype, weight.device)
+                                     config.head_dim, dtype, device)
         self.intra_cache = KVCache(config.factorized_layers, rows, config.num_heads, len(config.factorized_bits),
-                                   config.head_dim, weight.dtype, weight.device)
+                                   config.head_dim, dtype, device)
 
     def spatial(self, x: torch.Tensor, position: int) -> torch.Tensor:
         """`r 1 d` input at sequence position `position` -> `r 1 d` spatial output."""
