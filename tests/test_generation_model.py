@@ -248,3 +248,19 @@ def test_generate_under_bf16_autocast_uses_a_matching_cache() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         tokens = model.generate(torch.tensor([0, 1]), cfg_scale=2.0, top_k=1)
     assert tokens.shape == (2, 16) and tokens.dtype == torch.long
+
+
+def test_greedy_tokens_equal_the_reference_sampling_procedure_of_the_benchmark() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_generation",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "generation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = random_model()
+    labels = torch.tensor([0, 2, 4])
+    greedy = {"top_k": (1, 1), "temperature": (1.0, 1.0), "top_p": (1.0, 1.0)}
+    for ours_cfg, reference_cfg in (((1.9, 2.0), (1.9, 2.0)), ((1.0, 1.0), (0.0, 0.0))):
+        assert torch.equal(model.generate(labels, cfg_scale=ours_cfg, **greedy),
+                           bench.reference_generate(model, labels, reference_cfg, **greedy))

@@ -33,7 +33,7 @@ def generate_tokens(model: ARModel, labels: torch.Tensor, cfg_scale: Knob, tempe
     was_training = model.training
     model.eval()
     try:
-        step = CachedStep(model, rows.shape[0]) if kv_cache else RecomputeStep(model, n)
+        step = CachedStep(model, rows.shape[0]) if kv_cache else RecomputeStep(model)
         x = model.class_emb(rows)[:, None]  # `r 1 d`, the input at sequence position 0
         tokens = torch.empty(batch, n, dtype=torch.long, device=labels.device)
         for t in range(n):
@@ -80,7 +80,7 @@ class CachedStep:
 class RecomputeStep:
     """The same interface without caches: every call reruns the whole prefix (O(n^2) work over a grid)."""
 
-    def __init__(self, model: ARModel, n: int) -> None:
+    def __init__(self, model: ARModel) -> None:
         self.model = model
         self.spatial_inputs: list[torch.Tensor] = []
         self.intra_inputs: list[torch.Tensor] = []
