@@ -34,6 +34,8 @@ WEIGHTS_FILE = "model.safetensors"
 GENERATOR_PREFIXES = ("encoder.", "decoder.")
 # Wrappers that prefix parameter names when a model is saved from inside them (DDP, torch.compile).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Released Open-MAGVIT2 AR checkpoints (AR_256_*.ckpt) embed the tokenizer they decode with under this prefix.
+AR_TOKENIZER_PREFIX = "first_stage_model."
 
 T = TypeVar("T", bound=nn.Module)
 
@@ -60,6 +62,14 @@ def strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch
                     key, changed = key[len(prefix):], True
         cleaned[key] = value
     return cleaned
+
+
+def ar_tokenizer_state(state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The embedded tokenizer's keys of an AR checkpoint, prefix removed; any other state dict unchanged."""
+    if not any(key.startswith(AR_TOKENIZER_PREFIX) for key in state):
+        return state
+    return {key[len(AR_TOKENIZER_PREFIX):]: value for key, value in state.items()
+            if key.startswith(AR_TOKENIZER_PREFIX)}
 
 
 def ema_key(name: str) -> str:
@@ -229,7 +239,7 @@ def generator_from_file(checkpoint: Mapping[str, Any], label: str) -> tuple[dict
                                           "tokenizer_hparams.")
         return strip_wrapper_prefixes(_string_keys(generator)), True
     raw = checkpoint.get("state_dict", checkpoint)
-    raw = strip_wrapper_prefixes(_string_keys(raw)) if isinstance(raw, Mapping) else {}
+    raw = dict(ar_tokenizer_state(strip_wrapper_prefixes(_string_keys(raw)))) if isinstance(raw, Mapping) else {}
     if not any(key.startswith(GENERATOR_PREFIXES) for key in raw):
         raise CheckpointMismatchError(f"{label} has no encoder.*/decoder.* weights: it is neither an openmagvit2 "
                                       f"checkpoint nor an Open-MAGVIT2 tokenizer .ckpt.")
