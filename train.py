@@ -102,7 +102,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         seed_everything(cfg.seed)  # the same on every rank while the models are built
         task = build_task(config, ctx, fine_tune=saved is None)
         batches = build_train_loader(config.data, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.seed,
-                                     pin_memory=ctx.device.type == "cuda")
+                                     pin_memory=ctx.device.type == "cuda", **task.loader_options)
         seed_everything(cfg.seed + ctx.rank)  # models are built identically; from here on each rank draws its own
         state = TrainState(run_dir, ctx, config=resolved_config, extra=task.extra_state(),
                            shared=task.checkpointed(), per_rank={"data": batches})
@@ -131,7 +131,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
         if step == 0 and cfg.train.eval_every > 0:
             evaluate(0)  # the starting point, so that learning is visible
         lr_at = lr_multiplier(cfg.optim.schedule, cfg.train.max_steps, cfg.optim.warmup_steps,
-                              cfg.optim.min_lr_ratio, cfg.optim.drop_steps, cfg.optim.drop_rate)
+                              cfg.optim.min_lr_ratio, cfg.optim.drop_steps, cfg.optim.drop_rate,
+                              cfg.optim.warmup_start_ratio)
         torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
         window_start, window_samples = time.perf_counter(), 0
         data_iterator = iter(batches)
@@ -158,15 +159,17 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 elapsed = time.perf_counter() - window_start
                 logs = mean_across_ranks({**task.step_logs(losses), **grad_norms}, ctx)
-                logs.update({"lr": task.optimizers[0].param_groups[0]["lr"], "img_per_s": window_samples / elapsed,
-                             "steps_per_s": window_samples / elapsed / (cfg.train.batch_size * ctx.world_size),
+                samples_per_s = window_samples / elapsed
+                logs.update({"lr": task.optimizers[0].param_groups[0]["lr"], **task.throughput(samples_per_s),
+                             "steps_per_s": samples_per_s / (cfg.train.batch_size * ctx.world_size),
                              **{f"data/{k}": float(v) for k, v in batches.stats().items()}})
                 tracker.log_scalars(step, logs)
                 window_start, window_samples = time.perf_counter(), 0
 
             if cfg.train.image_every and step % cfg.train.image_every == 0 and ctx.is_main:
                 grid = task.save_images(batch, losses, run_dir / "images" / f"step_{step:08d}.png")
-                tracker.log_image(step, "images", grid)
+                if grid is not None:
+                    tracker.log_image(step, "images", grid)
 
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
                 evaluate(step)

@@ -366,7 +366,8 @@ def data_config(data: DataConfig | DictConfig | dict) -> DataConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ optim / train
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "linear")
+TASKS = ("tokenizer", "generator")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -379,9 +380,10 @@ class OptimConfig:
     disc_lr: float = II(".lr")
     betas: List[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | step
-    warmup_steps: int = 0  # linear warm-up from 0 (any schedule)
-    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
+    schedule: str = "constant"  # constant | cosine | step | linear (Stage II: warm-up, 5% plateau, linear decay)
+    warmup_steps: int = 0  # linear warm-up from 0 (any schedule; `linear` starts it at warmup_start_ratio)
+    warmup_start_ratio: float = 0.0  # `linear` schedule: lr at step 0, as a fraction of lr (0.005 in Stage II)
+    min_lr_ratio: float = 0.01  # cosine floor / the `linear` schedule's end, as a fraction of lr
     drop_steps: List[int] = field(default_factory=list)  # step schedule: lr x drop_rate at each of these steps
     drop_rate: float = 0.1
 
@@ -396,6 +398,8 @@ class OptimConfig:
         _int_at_least("optim.warmup_steps", self.warmup_steps, 0)
         check(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio,
               "a number in [0, 1]")
+        check(_is_number(self.warmup_start_ratio) and 0 <= self.warmup_start_ratio <= 1, "optim.warmup_start_ratio",
+              self.warmup_start_ratio, "a number in [0, 1]")
         check(all(_is_int(s) and s >= 0 for s in self.drop_steps), "optim.drop_steps", list(self.drop_steps),
               "a list of integers >= 0")
         check(_is_number(self.drop_rate) and self.drop_rate > 0, "optim.drop_rate", self.drop_rate, "a number > 0")
@@ -557,6 +561,33 @@ class ClusterConfig:
                                   f"{self.time} ({limit_s} s); lower the lead or raise the time limit.")
 
 
+# ------------------------------------------------------------------------------------------------------------- task
+WEIGHT_DECAY_SCOPES = ("matrices", "all")
+
+
+@dataclass
+class TaskConfig:
+    """What `train.py` trains: `tokenizer` (Stage I, the GAN) or `generator` (Stage II, the AR model on tokens)."""
+
+    name: str = "tokenizer"  # tokenizer | generator
+    # Stage II: the frozen tokenizer that decodes the sample grids and, when `data` is images (not tokens), encodes
+    # each batch in the loop as the reference does. Raw weights by default, as the released AR config uses them.
+    tokenizer: Optional[str] = None
+    tokenizer_use_ema: bool = False
+    # Stage II: which parameters AdamW decays: `matrices` (weights of dim >= 2: linear layers and embeddings, as
+    # LlamaGen intends) or `all` (also norms and biases: what the reference does by accident, REFERENCE-STAGE2 §7).
+    weight_decay_scope: str = "matrices"
+    sample_cfg_scale: float = 1.0  # classifier-free guidance of the sample grids logged during training
+
+    def __post_init__(self) -> None:
+        _one_of("task.name", self.name, TASKS)
+        _one_of("task.weight_decay_scope", self.weight_decay_scope, WEIGHT_DECAY_SCOPES)
+        check(self.tokenizer is None or self.tokenizer.startswith("hf://") or Path(self.tokenizer).exists(),
+              "task.tokenizer", self.tokenizer, "null or the path of a tokenizer checkpoint")
+        check(_is_number(self.sample_cfg_scale) and self.sample_cfg_scale >= 0, "task.sample_cfg_scale",
+              self.sample_cfg_scale, "a number >= 0")
+
+
 # ------------------------------------------------------------------------------------------------------------- root
 @dataclass
 class RunConfig:
@@ -566,6 +597,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    ar_model: Any = None  # Stage II's ARModelConfig (openmagvit2/generation/config.py), typed by validate_config
     model: ModelConfig = MISSING
     quantizer: QuantizerConfig = MISSING
     loss: LossConfig = MISSING
@@ -592,6 +625,13 @@ def validate_config(cfg: DictConfig) -> RunConfig:
         raise ConfigError("the training config does not start from config_schema: put `- config_schema` first in "
                           "the defaults list of conf/config.yaml.")
     config.data = data_config(config.data)
+    if config.ar_model is not None:
+        from openmagvit2.generation.config import ARModelConfig
+
+        try:
+            config.ar_model = ARModelConfig.from_mapping(config.ar_model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     check_global_batch(config.train.batch_size, config.train.global_batch_size, world_size)
     return config
@@ -609,6 +649,7 @@ def _register() -> None:
     cs.store(group="optim", name="adam_schema", node=OptimConfig)
     cs.store(group="logger", name="wandb_schema", node=LoggerConfig)
     cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
+    cs.store(group="task", name="task_schema", node=TaskConfig)
     for name, node in DATA_SOURCES.items():
         cs.store(group="data", name=f"{name}_schema", node=node)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from openmagvit2.io.safe_load import read_checkpoint
+from openmagvit2.models.loading import FORMAT as TRAINING_FORMAT  # train.py's checkpoints
 from openmagvit2.generation.config import ARModelConfig, ar_model_config, ar_model_names, resolve_config
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT = "openmagvit2_ar"
+
 VERSION = 1
 RELEASED_PREFIX = "transformer."
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefixes
@@ -46,6 +48,8 @@ def transformer_state(checkpoint: Mapping[str, Any], path: Path) -> tuple[dict[s
     """(AR state dict without prefixes, stored hyper-parameters or None) from either layout."""
     if checkpoint.get("format") == FORMAT:
         return _strip_wrappers(checkpoint["model"]), dict(checkpoint["ar_hparams"])
+    if checkpoint.get("format") == TRAINING_FORMAT and "ar_hparams" in checkpoint:  # a `task=generator` checkpoint
+        return _strip_wrappers(checkpoint["ar_model"]), dict(checkpoint["ar_hparams"])
     raw = checkpoint.get("state_dict")
     if not isinstance(raw, Mapping) or not any(key.startswith(RELEASED_PREFIX) for key in raw):
         raise ValueError(f"{path} has no transformer.* weights: it is neither an openmagvit2 AR checkpoint nor an "

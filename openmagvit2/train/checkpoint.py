@@ -25,8 +25,8 @@ import torch
 
 from openmagvit2.io.atomic import atomic_write
 from openmagvit2.io.safe_load import CorruptCheckpointError, read_checkpoint
+from openmagvit2.models.loading import FORMAT  # one format tag: the tokenizer loaders read these files too
 
-FORMAT = "openmagvit2"
 VERSION = 2  # 2: per-rank data states, the EMA counter under "ema", the W&B run id
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 # Files an interrupted `save_atomically` leaves behind: `.step_XXXXXXXX.pt.<random>.tmp` (and the same for sidecars).

@@ -1,5 +1,6 @@
-"""Training tasks: what the one loop in `train.py` drives. `task=tokenizer` (the GAN of Stage I) is built here;
-each task answers the same few questions, so the loop, checkpoints, pre-emption, logging and launchers are shared.
+"""Training tasks: what the one loop in `train.py` drives: `task=tokenizer` (the GAN of Stage I, built here) and
+`task=generator` (Stage II, `openmagvit2/generation/training.py`). Each task answers the same few questions, so the
+loop, checkpoints, pre-emption, logging and launchers are shared.
 
 A task holds its models, losses and optimisers and knows
 - how to move a batch to the device and compute its losses (`compute_losses`, no update yet),
@@ -29,6 +30,9 @@ class Task(Protocol):
     optimizers: Sequence[torch.optim.Optimizer]
     base_lrs: Sequence[float]
     notes: list[str]  # start-up lines for the run log (what was built, what was initialised from where)
+    loader_options: dict[str, Any]  # what the training data loader must give the task (e.g. labels)
+
+    def throughput(self, samples_per_s: float) -> dict[str, float]: ...
 
     def to_device(self, batch: Any) -> Any: ...
 
@@ -44,7 +48,7 @@ class Task(Protocol):
 
     def evaluate(self) -> dict[str, float]: ...
 
-    def save_images(self, batch: Any, losses: Any, path: Path) -> Path: ...
+    def save_images(self, batch: Any, losses: Any, path: Path) -> Path | None: ...
 
 
 class TokenizerTask:
@@ -79,6 +83,11 @@ class TokenizerTask:
                      f"{count_parameters(discriminator) / 1e6:.2f}M; in-training evaluation: {evaluation}")
         return cls(gan, evaluator, (cfg.optim.lr, cfg.optim.disc_lr), notes)
 
+    loader_options: dict[str, Any] = {}  # image batches, no labels
+
+    def throughput(self, samples_per_s: float) -> dict[str, float]:
+        return {"img_per_s": samples_per_s}
+
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(self.device, non_blocking=True)
 
@@ -108,5 +117,9 @@ class TokenizerTask:
 
 
 def build_task(cfg: RunConfig, ctx: DistributedContext, fine_tune: bool) -> Task:
-    """The task `cfg` trains (`fine_tune`: a fresh run, so `train.init_from` weights are loaded)."""
+    """The task `cfg` trains (`task.name`; `fine_tune`: a fresh run, so `train.init_from` weights are loaded)."""
+    if cfg.task.name == "generator":
+        from openmagvit2.generation.training import GeneratorTask  # Stage II code loads only when trained
+
+        return GeneratorTask.build(cfg, ctx, fine_tune)
     return TokenizerTask.build(cfg, ctx, fine_tune)
