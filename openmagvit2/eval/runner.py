@@ -15,8 +15,8 @@ from openmagvit2.eval.perceptual import LPIPS
 from openmagvit2.eval.pixel import PSNR, SSIM
 from openmagvit2.eval.selection import resolve_metrics
 from openmagvit2.eval.usage import CodebookUsage
+from openmagvit2.train.precision import DTYPES as AUTOCAST_DTYPES  # one table of precisions
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_metrics(metrics: Sequence[str], device: torch.device, *, codebook_size: int, fid_mode: str = "clean",
@@ -113,7 +113,7 @@ def evaluate(tokenizer: nn.Module, batches: Iterable[torch.Tensor], metrics: Seq
                                  uint8_mode=uint8_mode, fid_extractor=fid_extractor, fid_feature_dim=fid_feature_dim,
                                  lpips_networks=lpips_networks)
     autocast_dtype = AUTOCAST_DTYPES[precision]
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32
                 else contextlib.nullcontext())
     num_images = torch.zeros((), dtype=torch.float64, device=device)
     was_training = tokenizer.training
