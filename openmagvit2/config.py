@@ -175,21 +175,19 @@ class QuantizerConfig:
 
 def model_names() -> list[str]:
     """The shipped model configs (`conf/model/*.yaml`), by name."""
-    from openmagvit2.paths import conf_dir
+    from openmagvit2.paths import shipped_options
 
-    return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
+    return shipped_options("model")
 
 
 def model_preset(name: str) -> dict[str, Any]:
     """The architecture hyper-parameters of a shipped `conf/model/<name>.yaml` (e.g. "openmagvit2_v3_256_large")."""
-    from openmagvit2.paths import conf_dir
+    from openmagvit2.paths import shipped_option
 
-    path = conf_dir() / "model" / f"{name}.yaml"
-    if not path.is_file():
+    values = shipped_option("model", name)
+    if values is None:
         raise ConfigError(f"model={name!r} is unknown: use one of {', '.join(model_names())}, or pass a dict of "
                           f"hyper-parameters (ch, ch_mult, num_res_blocks, adaptive_norm, bit_order).")
-    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    values.pop("defaults", None)
     return dataclasses.asdict(ModelConfig(**values))
 
 

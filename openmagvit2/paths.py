@@ -24,3 +24,25 @@ def template_dir() -> Path:
 def entry_script(name: str) -> Path:
     """An entry point by name: `train` or `eval` (its Hydra config path is the `conf/` beside it)."""
     return (PROJECT_DIR / f"{name}.py").resolve()
+
+
+def shipped_options(group: str) -> list[str]:
+    """The option names of a shipped config group (`conf/<group>/*.yaml`), e.g. `model` -> tiny, ...; private
+    files (`_imagenet_recipe`) excluded."""
+    return sorted(path.stem for path in (conf_dir() / group).glob("*.yaml") if not path.stem.startswith("_"))
+
+
+def shipped_option(group: str, name: str) -> dict | None:
+    """The values of `conf/<group>/<name>.yaml` without its `defaults` list and `name` key; None when there is none.
+
+    The one reader of the named architectures (tokenizer, video tokenizer, AR model): their YAML files are the one
+    registry, shipped with the package."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    values.pop("defaults", None)
+    values.pop("name", None)
+    return values

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 MAX_TOKEN_BITS = 30  # indices must stay exact in int64 and in float32 code tables (as the LFQ)
@@ -127,27 +126,22 @@ class ARModelConfig:
         return cls(**plain)
 
 
-def ar_conf_dir() -> Path:
-    """`conf/ar_model/`, in a checkout or an installed package (it ships as package data)."""
-    from openmagvit2.paths import conf_dir
-
-    return conf_dir() / "ar_model"
-
-
 def ar_model_names() -> list[str]:
     """The configs in `conf/ar_model/` (e.g. ar_b, ar_l, ar_xl, ar_tiny)."""
-    return sorted(path.stem for path in ar_conf_dir().glob("*.yaml"))
+    from openmagvit2.paths import shipped_options
+
+    return shipped_options("ar_model")
 
 
 def ar_model_config(name: str) -> ARModelConfig:
     """The `conf/ar_model/<name>.yaml` config, validated."""
-    path = ar_conf_dir() / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown AR model {name!r}: use one of {ar_model_names()} (files in {ar_conf_dir()}) or "
-                         f"pass a dict of ARModel keywords.")
-    from omegaconf import OmegaConf
+    from openmagvit2.paths import shipped_option
 
-    return ARModelConfig.from_mapping(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    values = shipped_option("ar_model", name)
+    if values is None:
+        raise ValueError(f"unknown AR model {name!r}: use one of {ar_model_names()} or pass a dict of ARModel "
+                         f"keywords.")
+    return ARModelConfig.from_mapping(values)
 
 
 def resolve_config(model: str | Mapping[str, Any] | ARModelConfig) -> ARModelConfig:

@@ -75,7 +75,9 @@ class AdaptiveGroupNorm(nn.Module):
 
     scale = gamma(std_hw(q)), shift = beta(mean_hw(q)), with std = sqrt(var + 1e-6) and torch's default unbiased
     variance, exactly as in the release (its comment says otherwise, the code does this). The statistics are global
-    over the latent map, so they shift slightly when the same model runs at another resolution.
+    over the latent map, so they shift slightly when the same model runs at another resolution. The same module
+    serves the video decoder, with statistics over (t, h, w) of the whole clip (REFERENCE-VIDEO §1.5): there they are
+    the main source of the decoder's non-causality.
     """
 
     def __init__(self, z_channels: int, channels: int) -> None:
@@ -85,10 +87,11 @@ class AdaptiveGroupNorm(nn.Module):
         self.beta = nn.Linear(z_channels, channels)
 
     def forward(self, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        """x: `b c H W` features; quantized: `b K h w` decoder input (the "style"). Returns `b c H W`."""
-        flat = rearrange(quantized, "b k h w -> b k (h w)")
+        """x: `b c ...` features (`b c H W`, or `b c T H W` for video); quantized: `b K ...` decoder input (the
+        "style"). Returns the shape of x."""
+        flat = quantized.flatten(2)  # `b K (h w)` or `b K (t h w)`
         std = torch.sqrt(flat.var(dim=-1) + NORM_EPS)
         mean = flat.mean(dim=-1)
-        scale = rearrange(self.gamma(std), "b c -> b c 1 1")
-        shift = rearrange(self.beta(mean), "b c -> b c 1 1")
-        return self.gn(x) * scale + shift
+        spatial = (1,) * (x.ndim - 2)  # broadcast `b c` over the feature map
+        return self.gn(x) * self.gamma(std).view(*std.shape[:1], -1, *spatial) \
+            + self.beta(mean).view(*mean.shape[:1], -1, *spatial)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from openmagvit2.models.blocks import NORM_EPS, group_norm, swish
+from openmagvit2.models.blocks import AdaptiveGroupNorm, group_norm, swish
 
 Triple = tuple[int, int, int]
 
@@ -98,24 +98,5 @@ class VideoUpsampler(nn.Module):
         return drop_second_frame(x) if self.block[0] > 1 else x
 
 
-class VideoAdaptiveGroupNorm(nn.Module):
-    """GroupNorm (no affine) with scale gamma(std) and shift beta(mean) of the quantized latent over (t, h, w) (§1.5).
-
-    std = sqrt(var + 1e-6) with torch's default unbiased variance, as upstream (its comment says otherwise). The
-    statistics span the whole clip: they are the main source of non-causality of the decoder.
-    """
-
-    def __init__(self, z_channels: int, channels: int) -> None:
-        super().__init__()
-        self.gn = group_norm(channels, affine=False)
-        self.gamma = nn.Linear(z_channels, channels)
-        self.beta = nn.Linear(z_channels, channels)
-
-    def forward(self, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        """x: `b c T H W` features; quantized: `b k t h w` decoder input (the "style"). Returns `b c T H W`."""
-        flat = rearrange(quantized, "b k t h w -> b k (t h w)")
-        std = torch.sqrt(flat.var(dim=-1) + NORM_EPS)
-        mean = flat.mean(dim=-1)
-        scale = rearrange(self.gamma(std), "b c -> b c 1 1 1")
-        shift = rearrange(self.beta(mean), "b c -> b c 1 1 1")
-        return self.gn(x) * scale + shift
+# The 2D module, statistics over (t, h, w): one implementation for images and clips (REFERENCE-VIDEO §1.5).
+VideoAdaptiveGroupNorm = AdaptiveGroupNorm

@@ -91,23 +91,19 @@ class VideoModelConfig:
 
 def video_model_names() -> list[str]:
     """The shipped video architectures (`conf/video_model/*.yaml`), by name."""
-    from openmagvit2.paths import conf_dir
+    from openmagvit2.paths import shipped_options
 
-    return sorted(path.stem for path in (conf_dir() / "video_model").glob("*.yaml"))
+    return shipped_options("video_model")
 
 
 def video_model_preset(name: str) -> dict[str, Any]:
     """The hyper-parameters of a shipped `conf/video_model/<name>.yaml` (e.g. "openmagvit2_video_128")."""
-    from omegaconf import OmegaConf
+    from openmagvit2.paths import shipped_option
 
-    from openmagvit2.paths import conf_dir
-
-    path = conf_dir() / "video_model" / f"{name}.yaml"
-    if not path.is_file():
+    values = shipped_option("video_model", name)
+    if values is None:
         raise ValueError(f"unknown video model {name!r}: use one of {video_model_names()} or a dict of "
                          f"hyper-parameters (ch, ch_mult, num_res_blocks, codebook_bits).")
-    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    values.pop("name", None)
     return VideoModelConfig.from_mapping(values).to_dict()
 
 
