@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slurm sweep-demo bench weights shards gpu-check gpu-wheels clean
+.PHONY: setup demo demo-ar test test-fast test-slurm sweep-demo bench weights shards gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ bench: setup
 	$(PY) bench/data.py
 	$(PY) bench/eval.py
 	$(PY) bench/train_step.py
+
+## demo-ar: Stage II on the CPU: tokenize the bundled photos with the demo tokenizer, train the tiny AR model, sample
+demo-ar: setup
+	$(PY) -m openmagvit2.demo_ar run_dir=runs/demo-ar-$(shell date +%Y%m%d-%H%M%S)
 
 ## sweep-demo: a local Hydra multirun (2 x 2) of the CPU demo
 sweep-demo: setup
