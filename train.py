@@ -30,14 +30,14 @@ from openmagvit2.eval import save_reconstruction_grid
 from openmagvit2.losses import TokenizerLoss, build_discriminator
 from openmagvit2.models import Tokenizer
 from openmagvit2.train import checkpoint
-from openmagvit2.train.distributed import (barrier, cross_rank_reductions, flags_across_ranks, init_distributed,
-                                           mean_across_ranks, shutdown_distributed)
+from openmagvit2.train.distributed import (agree_on_run_dir, barrier, cross_rank_reductions, flags_across_ranks,
+                                           init_distributed, mean_across_ranks, shutdown_distributed)
 from openmagvit2.train.evaluation import TrainingEvaluator, batch_usage, count_parameters
 from openmagvit2.train.init_from import initialise_from_checkpoint
 from openmagvit2.train.precision import Precision
 from openmagvit2.train.resume import check_resume
 from openmagvit2.train.schedule import lr_multiplier
-from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
+from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag, stop_when_parent_dies
 from openmagvit2.train.state import TrainState
 from openmagvit2.train.step import apply_updates, build_gan_training, compute_losses, format_logs, set_learning_rates
 from openmagvit2.train.tracking import Tracker, write_json
@@ -85,6 +85,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     """Run (or resume) training in `run_dir`; returns the process exit code (75: pre-empted, checkpoint saved)."""
     preemption = preemption or PreemptionFlag(signals=())
     ctx = init_distributed(cfg.device)
+    stop_when_parent_dies()  # under torchrun: a dead agent's workers checkpoint and exit instead of running on
+    run_dir = agree_on_run_dir(run_dir, ctx)  # rank 0's: ranks may resolve `${now:...}` to different seconds
     tracker: Tracker | None = None
     try:  # whatever happens, W&B is finished and the process group destroyed (the `finally` below)
         # A checkpoint to resume is read first: its config is compared with this one before anything is built.

@@ -57,6 +57,10 @@ def test_recipe_renders_a_32_gpu_job(shards: Path) -> None:
     assert options["ntasks-per-node"] == "8"
     assert options["gpus-per-node"] == "8"
     assert options["signal"] == "B:USR1@300"
+    assert options["cpus-per-task"] == "10"
+    # srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): the step must ask for it itself.
+    assert 'CPUS_PER_TASK=10 ' in script and 'srun --cpus-per-task="$CPUS_PER_TASK" ' in script
+    assert "REQUEUE_EXIT_CODE=75 " in script and "15000" not in script  # both facts come from Python
     assert options["time"] == "48:00:00"
     assert options["output"] == f"{plan.run_dir}/slurm/train-%j.out"
     assert "requeue" in options and options["open-mode"] == "append"
@@ -166,10 +170,15 @@ def test_time_limit_formats(limit: str, seconds: int) -> None:
     assert time_limit_seconds(limit) == seconds
 
 
-def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys) -> None:
+def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     out_file = tmp_path / "job.sbatch"
     assert main(["render", "--output", str(out_file), *RECIPE, f"data.root={shards}"]) == 0
-    assert out_file.read_text().startswith("#!/bin/bash\n")
+    script = out_file.read_text()
+    assert script.startswith("#!/bin/bash\n")
+    # `sbatch job.sbatch` by hand must find the directory of its log: SLURM opens it before the script runs.
+    log_path = Path(sbatch_options(script)["output"])
+    assert log_path.parent.is_dir() and tmp_path / "runs" in log_path.parents
     capsys.readouterr()
     assert main(["submit", *RECIPE, f"data.root={shards}", "cluster.nodes=3", "++train.global_batch_size=256"]) == 2
     err = capsys.readouterr().err
@@ -178,3 +187,17 @@ def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys) -> None:
     assert main(["render", "cluster=local", "experiment=demo", "cluster.processes_per_node=2"]) == 0
     command = capsys.readouterr().out
     assert "-m torch.distributed.run --standalone --nproc-per-node=2" in command and "train.resume=auto" in command
+
+
+def test_launch_errors_are_config_errors_and_the_batch_rule_is_shared() -> None:
+    from openmagvit2.config import ConfigError
+    from openmagvit2.train.global_batch import global_batch_mismatch
+
+    assert issubclass(LaunchError, ConfigError)
+    assert global_batch_mismatch(None, 8, 3) is None and global_batch_mismatch(256, 8, 32, 8) is None
+    assert global_batch_mismatch(256, 8, 16, 8).startswith(  # the launcher's view: nodes x processes
+        "2 node(s) x 8 process(es) x train.batch_size=8 = 128 images per step, but train.global_batch_size=256; "
+        "set train.batch_size=16")
+    assert global_batch_mismatch(256, 8, 3).startswith(  # the trainer's view: the world size it was given
+        "3 process(es) x train.batch_size=8 = 24 images per step, but train.global_batch_size=256; set another "
+        "number of processes")

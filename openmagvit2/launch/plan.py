@@ -15,6 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from openmagvit2.config import ConfigError
+from openmagvit2.train.global_batch import global_batch_mismatch
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_DIR = REPO_DIR / "conf"
 TEMPLATE_DIR = REPO_DIR / "launch"
@@ -44,8 +47,11 @@ _TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{2}))?(?::(\d{2}))?$")
 _MEMORY = re.compile(r"^\d+[KMGT]?$")
 
 
-class LaunchError(ValueError):
-    """A launch that cannot work as configured; the message says what is wrong and how to fix it."""
+class LaunchError(ConfigError):
+    """A launch that cannot work as configured; the message says what is wrong and how to fix it.
+
+    A :class:`~openmagvit2.config.ConfigError`: whatever catches a bad config also catches a bad allocation.
+    """
 
 
 @dataclass(frozen=True)
@@ -252,17 +258,11 @@ def _validate_layout(plan: LaunchPlan) -> None:
 
 
 def _validate_batch_plan(plan: LaunchPlan) -> None:
-    if plan.job != "train" or plan.global_batch_size is None or plan.batch_size is None:
+    if plan.job != "train" or plan.batch_size is None:
         return
-    images = plan.world_size * plan.batch_size
-    if images != plan.global_batch_size:
-        nodes, procs = plan.cluster["nodes"], plan.tasks_per_node
-        per_process = plan.global_batch_size / plan.world_size
-        hint = (f"train.batch_size={int(per_process)}" if per_process.is_integer()
-                else f"cluster.nodes={plan.global_batch_size // (procs * plan.batch_size)}")
-        raise LaunchError(f"{nodes} node(s) x {procs} process(es) x train.batch_size={plan.batch_size} = {images} "
-                          f"images per step, but train.global_batch_size={plan.global_batch_size}; set {hint} or "
-                          f"change train.global_batch_size.")
+    problem = global_batch_mismatch(plan.global_batch_size, plan.batch_size, plan.world_size, plan.tasks_per_node)
+    if problem:
+        raise LaunchError(problem)
 
 
 def _validate_slurm_options(plan: LaunchPlan) -> None:
