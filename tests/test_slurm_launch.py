@@ -186,7 +186,7 @@ def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys, monkeypatc
     assert err.count("\n") == 1  # one sentence, no traceback
     assert main(["render", "cluster=local", "experiment=demo", "cluster.processes_per_node=2"]) == 0
     command = capsys.readouterr().out
-    assert "-m torch.distributed.run --standalone --nproc-per-node=2" in command and "train.resume=auto" in command
+    assert "-m openmagvit2.launch.torchrun --standalone --nproc-per-node=2" in command and "train.resume=auto" in command
 
 
 def test_launch_errors_are_config_errors_and_the_batch_rule_is_shared() -> None:
