@@ -46,7 +46,7 @@ def test_recipe_sweep_runs_on_32_gpus_per_job() -> None:
     cfg = compose_sweep("in256_entropy_lecam", ["hydra/launcher=submitit_32gpu"])
     launcher = cfg.hydra.launcher
     # Our subclass: a checkpoint after the pre-emption warning requeues the job (openmagvit2/launch/submitit_launcher.py)
-    assert launcher._target_ == "openmagvit2.launch.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.openmagvit2_submitit.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)
     assert launcher.nodes * launcher.tasks_per_node * cfg.train.batch_size == 256  # the recipe's global batch
     assert cfg.loss.lecam_weight == 0.005 and cfg.data.name == "imagenet_wds"  # the experiment is applied

@@ -10,20 +10,17 @@ job per point, and this launcher is its `SlurmLauncher` with one change: the job
 - `scancel` (SIGTERM) also makes train.py checkpoint and exit 75, but the job is then no longer RUNNING, and it
   stays cancelled, as in the sbatch path.
 - Each task gets `cpus_per_task` CPUs (srun is told so; it no longer inherits them from sbatch).
+The launcher class itself is `hydra_plugins.openmagvit2_submitit.SlurmLauncher` (Hydra takes launchers only from
+that namespace package); it is a thin subclass of hydra-submitit-launcher's that calls this module.
 Stock submitit instead requeues from its own SIGUSR2 handler at once, mid-step, without a checkpoint; and once
-train.py has replaced that handler, its exit 75 was simply a failed job. Use it with
-`hydra/launcher=submitit_32gpu` or `submitit_slurm_local` (sweep/hydra/launcher/), whose `_target_` is this class.
+train.py has replaced that handler, its exit 75 was simply a failed job. Presets:
+`hydra/launcher=submitit_32gpu` or `submitit_slurm_local` (sweep/hydra/launcher/).
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from typing import Any
-
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
-
-from openmagvit2.train.signals import REQUEUE_EXIT_CODE
 
 
 def _log(message: str) -> None:
@@ -67,20 +64,3 @@ def requeue_after_checkpoint(max_requeues: int) -> bool:
 # Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task (each task would get one CPU); submitit's
 # srun line takes no options from the Hydra config, but srun reads this variable.
 PASS_CPUS_TO_SRUN = "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}"
-
-
-class SlurmLauncher(_SubmititSlurmLauncher):
-    """hydra-submitit-launcher's SLURM launcher whose jobs requeue themselves after a checkpoint (exit 75), and
-    whose tasks get `cpus_per_task` CPUs each."""
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self.params["setup"] = [PASS_CPUS_TO_SRUN, *(self.params.get("setup") or [])]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().__call__(*args, **kwargs)
-        except SystemExit as stop:  # train.py's main() ends a pre-empted run with sys.exit(75)
-            if stop.code == REQUEUE_EXIT_CODE:
-                requeue_after_checkpoint(int(self.params.get("max_num_timeout") or 0))
-            raise
