@@ -205,7 +205,7 @@ def test_rendered_script_submitted_by_hand_gives_each_rank_its_cpus(cluster: Slu
 def test_submitit_sweep_job_preempted_checkpoints_requeues_and_resumes(cluster: SlurmCluster, tmp_path: Path) -> None:
     """The sweep path keeps the sbatch path's contract: warning -> checkpoint at the step boundary -> requeue -> resume.
     """
-    sweep_dir, max_steps = tmp_path / "sweep", 40
+    sweep_dir, max_steps = tmp_path / "sweep", 60
     env = {**cluster.env(), "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
     sweep = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", "--config-dir", str(ROOT / "sweep"),
@@ -217,7 +217,8 @@ def test_submitit_sweep_job_preempted_checkpoints_requeues_and_resumes(cluster: 
     try:
         deadline, log_file, task = time.monotonic() + 240, None, None
         while time.monotonic() < deadline:
-            tasks = [p for p in (sweep_dir / ".submitit").glob("*_0") if re.fullmatch(r"\d+_0", p.name)]
+            # One sweep point is a plain job (folder <job id>), not an array task (<array id>_<index>).
+            tasks = [p for p in (sweep_dir / ".submitit").glob("*") if re.fullmatch(r"\d+(_0)?", p.name)]
             if tasks:
                 task = tasks[0].name
                 log_file = tasks[0] / f"{task}_0_log.out"
@@ -236,11 +237,13 @@ def test_submitit_sweep_job_preempted_checkpoints_requeues_and_resumes(cluster: 
         if sweep.poll() is None:
             sweep.kill()
     log = log_file.read_text()
+    errors = log_file.with_name(log_file.name.replace("_log.out", "_log.err")).read_text()
     assert sweep.returncode == 0, output[-3000:] + log[-3000:]
     saved = re.search(r"pre-emption signal \(SIGUSR2\) at step (\d+): saved (\S+);", log)
     assert saved, log[-3000:]
     step, ckpt = int(saved.group(1)), saved.group(2)
-    assert "requeued (attempt 1)" in log and f"resumed from {ckpt} at step {step}" in log, log[-3000:]
+    assert "checkpoint saved: requeued (attempt 1)" in errors, errors[-3000:]
+    assert f"resumed from {ckpt} at step {step}" in log, log[-3000:]
     assert cluster.job_field(task, "Restarts") == "1"
     run_dir = sweep_dir / "0"
     assert checkpoint_steps(run_dir) == [step, max_steps]
