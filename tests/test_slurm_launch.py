@@ -139,6 +139,7 @@ def test_eval_job_renders_without_requeue_logic(tmp_path: Path) -> None:
     options = sbatch_options(script)
     assert (options["nodes"], options["ntasks-per-node"], options["gpus-per-node"]) == ("1", "8", "8")
     assert "signal" not in options and "scontrol requeue" not in script
+    assert 'srun --cpus-per-task="$CPUS_PER_TASK" ' in script and "15000" not in script
     assert plan.entry.name == "eval.py"
     # cluster.* overrides configure the allocation; eval.py never sees them.
     assert bash_array(script, "OVERRIDES") == ["device=cuda", f"ckpt={ckpt}"]
