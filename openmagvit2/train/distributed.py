@@ -58,8 +58,8 @@ def _export_slurm_rendezvous() -> None:
 def slurm_master_port(job_id: int) -> int:
     """The rendezvous port of a SLURM job: derived from the job id, so that two jobs sharing a node do not collide.
 
-    The one place this formula lives: srun-launched ranks (`_export_slurm_rendezvous`) and the job scripts'
-    log lines (rendered by `openmagvit2.launch`) both come here.
+    The one place this formula lives: the job scripts (launch/*.sbatch) do not compute it; every srun-launched rank
+    does, here (`_export_slurm_rendezvous`).
     """
     return 15000 + job_id % 20000
 
