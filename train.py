@@ -31,11 +31,11 @@ from openmagvit2.data import DataError, build_train_loader
 from openmagvit2.io.safe_load import CheckpointError
 from openmagvit2.train import checkpoint
 from openmagvit2.train.checkpoint import DiskFullError
-from openmagvit2.train.distributed import (barrier, flags_across_ranks, init_distributed, mean_across_ranks,
-                                           shutdown_distributed)
+from openmagvit2.train.distributed import (agree_on_run_dir, barrier, flags_across_ranks, init_distributed,
+                                           mean_across_ranks, shutdown_distributed)
 from openmagvit2.train.resume import check_resume
 from openmagvit2.train.schedule import lr_multiplier
-from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
+from openmagvit2.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag, stop_when_parent_dies
 from openmagvit2.train.state import TrainState
 from openmagvit2.train.step import format_logs, set_learning_rates
 from openmagvit2.train.tasks import build_task
@@ -85,6 +85,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_run_names: dict | None = None,
     config = validate_config(cfg)  # typed, checked groups (raises ConfigError before any work)
     preemption = preemption or PreemptionFlag(signals=())
     ctx = init_distributed(cfg.device)
+    stop_when_parent_dies()  # under torchrun: a dead agent's workers checkpoint and exit instead of running on
+    run_dir = agree_on_run_dir(run_dir, ctx)  # rank 0's: ranks may resolve `${now:...}` to different seconds
     tracker: Tracker | None = None
     try:  # whatever happens, W&B is finished and the process group destroyed (the `finally` below)
         notes: list[str] = []  # start-up messages, logged once the tracker exists

@@ -174,3 +174,77 @@ def test_submitit_sweep_runs_each_job_as_a_slurm_job(cluster: SlurmCluster, tmp_
         bits.append(torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=True)["config"]
                     ["quantizer"]["codebook_bits"])
     assert sorted(bits) == [4, 6]
+
+
+def test_rendered_script_submitted_by_hand_gives_each_rank_its_cpus(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`render --output job.sbatch` + the user's own `sbatch job.sbatch`, with 2 CPUs per task: the rank sees 2."""
+    run_dir = tmp_path / "run"
+    # The interpreter, wrapped to report what the rank sees before it becomes train.py.
+    python = tmp_path / "python-reporting-cpus"
+    python.write_text(f'#!/bin/sh\necho "rank $SLURM_PROCID sees $(nproc) CPU(s), OMP_NUM_THREADS=$OMP_NUM_THREADS"\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {**cluster.env(), "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
+    script = tmp_path / "job.sbatch"
+    done = subprocess.run([sys.executable, "-m", "openmagvit2.launch", "render", "--output", str(script), *TINY,
+                           "cluster.processes_per_node=1", "cluster.cpus_per_task=2", f"cluster.python={python}",
+                           f"hydra.run.dir={run_dir}", "train.max_steps=1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    submitted = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path, env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    state = wait_until_done(cluster, run_dir, job_id, timeout_s=240)
+    log = job_log(run_dir, job_id)
+    assert state == "COMPLETED", log[-3000:]
+    assert "rank 0 sees 2 CPU(s), OMP_NUM_THREADS=2" in log, log[-3000:]
+    assert (run_dir / "COMPLETED").read_text().strip() == "1"
+
+
+def test_submitit_sweep_job_preempted_checkpoints_requeues_and_resumes(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The sweep path keeps the sbatch path's contract: warning -> checkpoint at the step boundary -> requeue -> resume.
+    """
+    sweep_dir, max_steps = tmp_path / "sweep", 60
+    env = {**cluster.env(), "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
+    sweep = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m",
+         "hydra/launcher=submitit_slurm_local", f"hydra.sweep.dir={sweep_dir}", "experiment=demo",
+         "quantizer.codebook_bits=4", f"train.max_steps={max_steps}", "train.ckpt_every=1000", "train.batch_size=2",
+         "data.image_size=32", "train.log_every=1", "train.eval_every=0", "train.image_every=0",
+         "train.eval_images=2", "logger.mode=disabled", "data.num_workers=0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, log_file, task = time.monotonic() + 240, None, None
+        while time.monotonic() < deadline:
+            # One sweep point is a plain job (folder <job id>), not an array task (<array id>_<index>).
+            tasks = [p for p in (sweep_dir / ".submitit").glob("*") if re.fullmatch(r"\d+(_0)?", p.name)]
+            if tasks:
+                task = tasks[0].name
+                log_file = tasks[0] / f"{task}_0_log.out"
+                if log_file.exists() and re.search(r"^step 3/", log_file.read_text(), flags=re.M):
+                    break
+            time.sleep(0.5)
+        else:
+            sweep.kill()
+            listing = sorted(str(p.relative_to(sweep_dir)) for p in sweep_dir.rglob("*"))
+            raise AssertionError(f"the sweep job never reached step 3: {listing}\n{sweep.communicate()[0][-3000:]}\n"
+                                 f"{cluster.run(['squeue'], check=False).stdout}")
+        # What `#SBATCH --signal=USR2@<signal_delay_s>` delivers before the time limit: SIGUSR2 to every task.
+        cluster.run(["scancel", "--signal=USR2", task])
+        output, _ = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    log = log_file.read_text()
+    errors = log_file.with_name(log_file.name.replace("_log.out", "_log.err")).read_text()
+    assert sweep.returncode == 0, output[-3000:] + log[-3000:]
+    saved = re.search(r"pre-emption signal \(SIGUSR2\) at step (\d+): saved (\S+);", log)
+    assert saved, log[-3000:]
+    step, ckpt = int(saved.group(1)), saved.group(2)
+    assert "checkpoint saved: requeued (attempt 1)" in errors, errors[-3000:]
+    assert f"resumed from {ckpt} at step {step}" in log, log[-3000:]
+    assert cluster.job_field(task, "Restarts") == "1"
+    run_dir = sweep_dir / "0"
+    assert checkpoint_steps(run_dir) == [step, max_steps]
+    assert (run_dir / "COMPLETED").read_text().strip() == str(max_steps)

@@ -57,6 +57,10 @@ def test_recipe_renders_a_32_gpu_job(shards: Path) -> None:
     assert options["ntasks-per-node"] == "8"
     assert options["gpus-per-node"] == "8"
     assert options["signal"] == "B:USR1@300"
+    assert options["cpus-per-task"] == "10"
+    # srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): the step must ask for it itself.
+    assert 'CPUS_PER_TASK=10 ' in script and 'srun --cpus-per-task="$CPUS_PER_TASK" ' in script
+    assert "REQUEUE_EXIT_CODE=75 " in script and "15000" not in script  # both facts come from Python
     assert options["time"] == "48:00:00"
     assert options["output"] == f"{plan.run_dir}/slurm/train-%j.out"
     assert "requeue" in options and options["open-mode"] == "append"
@@ -135,6 +139,7 @@ def test_eval_job_renders_without_requeue_logic(tmp_path: Path) -> None:
     options = sbatch_options(script)
     assert (options["nodes"], options["ntasks-per-node"], options["gpus-per-node"]) == ("1", "8", "8")
     assert "signal" not in options and "scontrol requeue" not in script
+    assert 'srun --cpus-per-task="$CPUS_PER_TASK" ' in script and "15000" not in script
     assert plan.entry.name == "eval.py"
     # cluster.* overrides configure the allocation; eval.py never sees them.
     assert bash_array(script, "OVERRIDES") == ["device=cuda", f"ckpt={ckpt}"]
@@ -166,10 +171,15 @@ def test_time_limit_formats(limit: str, seconds: int) -> None:
     assert time_limit_seconds(limit) == seconds
 
 
-def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys) -> None:
+def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     out_file = tmp_path / "job.sbatch"
     assert main(["render", "--output", str(out_file), *RECIPE, f"data.root={shards}"]) == 0
-    assert out_file.read_text().startswith("#!/bin/bash\n")
+    script = out_file.read_text()
+    assert script.startswith("#!/bin/bash\n")
+    # `sbatch job.sbatch` by hand must find the directory of its log: SLURM opens it before the script runs.
+    log_path = Path(sbatch_options(script)["output"])
+    assert log_path.parent.is_dir() and tmp_path / "runs" in log_path.parents
     capsys.readouterr()
     assert main(["submit", *RECIPE, f"data.root={shards}", "cluster.nodes=3", "++train.global_batch_size=256"]) == 2
     err = capsys.readouterr().err
@@ -177,4 +187,18 @@ def test_cli_render_and_refusal(shards: Path, tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1  # one sentence, no traceback
     assert main(["render", "cluster=local", "experiment=demo", "cluster.processes_per_node=2"]) == 0
     command = capsys.readouterr().out
-    assert "-m torch.distributed.run --standalone --nproc-per-node=2" in command and "train.resume=auto" in command
+    assert "-m openmagvit2.launch.torchrun --standalone --nproc-per-node=2" in command and "train.resume=auto" in command
+
+
+def test_launch_errors_are_config_errors_and_the_batch_rule_is_shared() -> None:
+    from openmagvit2.config import ConfigError, check_global_batch
+
+    assert issubclass(LaunchError, ConfigError)
+    check_global_batch(8, None, 3)
+    check_global_batch(8, 256, 32)
+    with pytest.raises(ConfigError, match=r"^2 node\(s\) x 8 process\(es\) x train.batch_size=8 = 128 images per "
+                                          r"step, but train.global_batch_size=256; set train.batch_size=16"):
+        check_global_batch(8, 256, 16, layout="2 node(s) x 8 process(es)", processes_per_node=8)  # the launcher
+    with pytest.raises(ConfigError, match=r"^3 process\(es\) x train.batch_size=8 = 24 images per step, but "
+                                          r"train.global_batch_size=256; set another number of processes"):
+        check_global_batch(8, 256, 3)  # the trainer's view: the world size it was given

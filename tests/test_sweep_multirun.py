@@ -45,7 +45,8 @@ def test_sweep_files_compose_and_sweep_existing_keys(name: str) -> None:
 def test_recipe_sweep_runs_on_32_gpus_per_job() -> None:
     cfg = compose_sweep("in256_entropy_lecam", ["hydra/launcher=submitit_32gpu"])
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
+    # Our subclass: a checkpoint after the pre-emption warning requeues the job (openmagvit2/launch/submitit_launcher.py)
+    assert launcher._target_ == "hydra_plugins.openmagvit2_submitit.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)
     assert launcher.nodes * launcher.tasks_per_node * cfg.train.batch_size == 256  # the recipe's global batch
     assert cfg.loss.lecam_weight == 0.005 and cfg.data.name == "imagenet_wds"  # the experiment is applied
@@ -81,3 +82,32 @@ def test_local_multirun_2x2_gives_four_distinct_runs(tmp_path: Path) -> None:
         assert state["tokenizer_hparams"]["codebook_bits"] == cfg.quantizer.codebook_bits
         assert state["config"]["loss"]["codebook_weight"] == cfg.loss.codebook_weight
     assert sorted(combos) == sorted(itertools.product([4, 6], [0.05, 0.1]))
+
+
+def test_submitit_jobs_pass_cpus_to_srun_and_requeue_only_a_running_job(tmp_path: Path, monkeypatch) -> None:
+    from hydra.utils import instantiate
+
+    from openmagvit2.launch.submitit_launcher import PASS_CPUS_TO_SRUN, requeue_after_checkpoint
+
+    launcher = instantiate(compose_sweep("demo", ["hydra/launcher=submitit_slurm_local"]).hydra.launcher)
+    assert launcher.params["setup"][0] == PASS_CPUS_TO_SRUN
+    # A stand-in scontrol: reports the state in $FAKE_STATE and records requeue calls.
+    calls = tmp_path / "calls"
+    fake = tmp_path / "scontrol"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {calls}; exit 0; fi\n'
+                    'echo "JobId=7 JobName=x JobState=$FAKE_STATE Restarts=0"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("FAKE_STATE", "CANCELLED")  # scancel: the checkpoint stays, the job is not requeued
+    assert requeue_after_checkpoint(max_requeues=3) is False and not calls.exists()
+    monkeypatch.setenv("FAKE_STATE", "RUNNING")  # the pre-emption warning: requeue
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    assert requeue_after_checkpoint(max_requeues=3) is False  # ... unless it was requeued often enough
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert requeue_after_checkpoint(max_requeues=3) is False  # only rank 0 decides
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert requeue_after_checkpoint(max_requeues=3) is True
+    assert calls.read_text() == "requeue 7\n"

@@ -5,6 +5,8 @@
 
 ``plan`` composes the config and refuses impossible allocations before anything is written; ``render`` fills a
 template and checks the result; ``submit`` hands it to ``sbatch`` (or runs it in this shell for ``cluster=local``).
+``torchrun`` (``python -m openmagvit2.launch.torchrun``) is torchrun with pre-emption signals forwarded and exit 75
+kept; ``submitit_launcher`` gives sweep jobs the same checkpoint-and-requeue contract as ``launch/train.sbatch``.
 """
 from openmagvit2.launch.plan import JOBS, LaunchError, LaunchPlan, compose_config, make_plan, validate_plan
 from openmagvit2.launch.render import render_script, render_template

@@ -2,6 +2,7 @@
 
     python -m openmagvit2.launch submit cluster=slurm_32gpu experiment=in256_base [overrides]
     python -m openmagvit2.launch render cluster=slurm_32gpu experiment=in256_base [--output job.sbatch]
+    sbatch job.sbatch                                   # a rendered script submits as is (its log dir exists)
     python -m openmagvit2.launch submit --job eval cluster=slurm_32gpu [eval overrides]
 
 ``render`` is the dry run: it validates and prints (or writes) the script without touching SLURM.
@@ -16,6 +17,7 @@ from pathlib import Path
 from openmagvit2.launch.plan import DEFAULT_CONFIG_DIR, JOBS, LaunchError, make_plan, validate_plan
 from openmagvit2.launch.render import render_script
 from openmagvit2.launch.submit import local_command, submit_plan
+from openmagvit2.train.signals import REQUEUE_EXIT_CODE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             script = render_script(plan, args.overrides)
             if args.output is None:
                 sys.stdout.write(script)
+                print(f"note: SLURM opens the job's log before the script runs, so `sbatch` of this script needs "
+                      f"{plan.log_path.parent} to exist (render --output creates it).", file=sys.stderr)
             else:
+                # The script is meant to be submitted: create the log directory its `#SBATCH --output` names, or
+                # `sbatch job.sbatch` fails at once without a log.
+                plan.log_path.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(script)
-                print(f"wrote {args.output} (run dir {plan.run_dir})", file=sys.stderr)
+                args.output.chmod(0o755)
+                print(f"wrote {args.output} (run dir {plan.run_dir}; its log goes to {plan.log_path})",
+                      file=sys.stderr)
             return 0
         submission = submit_plan(plan, args.overrides)
     except LaunchError as error:
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if submission.job_id is None:
         print(f"run dir: {submission.run_dir}")
-        if submission.exit_code == 75:
+        if submission.exit_code == REQUEUE_EXIT_CODE:
             print("pre-empted: a checkpoint was saved; run the same command with "
                   f"hydra.run.dir={submission.run_dir} to resume.")
         return submission.exit_code

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from openmagvit2.launch.plan import LaunchError, LaunchPlan
+from openmagvit2.train.signals import REQUEUE_EXIT_CODE
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -84,6 +85,7 @@ def template_values(plan: LaunchPlan, command_overrides: list[str]) -> dict[str,
         "overrides": " ".join(shlex.quote(o) for o in plan.overrides),
         "initial_resume": shlex.quote(plan.initial_resume),
         "max_requeues": str(c.get("max_requeues")),
+        "requeue_exit_code": str(REQUEUE_EXIT_CODE),
         "straggler_wait_s": str(c.get("straggler_wait_s")),
         "setup": _setup_lines(plan),
         "env": _env_lines(plan),

@@ -29,8 +29,9 @@ def local_command(plan: LaunchPlan) -> list[str]:
         tail.append(f"train.resume={plan.initial_resume}")
     if plan.tasks_per_node == 1:
         return [plan.python, *tail]
-    return [plan.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={plan.tasks_per_node}",
-            *tail]
+    # Our thin torchrun: pre-emption signals reach the workers and the exit code stays 75 (launch/torchrun.py).
+    return [plan.python, "-m", "openmagvit2.launch.torchrun", "--standalone",
+            f"--nproc-per-node={plan.tasks_per_node}", *tail]
 
 
 def write_script(plan: LaunchPlan, command_overrides: list[str]) -> Path:

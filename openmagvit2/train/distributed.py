@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -53,8 +54,16 @@ def _export_slurm_rendezvous() -> None:
     os.environ.setdefault("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))
     os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
     os.environ.setdefault("MASTER_ADDR", _first_slurm_host(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")))
-    # A port derived from the job id, so that two jobs sharing a node do not collide.
-    os.environ.setdefault("MASTER_PORT", str(15000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+    os.environ.setdefault("MASTER_PORT", str(slurm_master_port(int(os.environ.get("SLURM_JOB_ID", "0")))))
+
+
+def slurm_master_port(job_id: int) -> int:
+    """The rendezvous port of a SLURM job: derived from the job id, so that two jobs sharing a node do not collide.
+
+    The one place this formula lives: the job scripts (launch/*.sbatch) do not compute it; every srun-launched rank
+    does, here (`_export_slurm_rendezvous`).
+    """
+    return 15000 + job_id % 20000
 
 
 def resolve_device(preference: str, local_rank: int) -> torch.device:
@@ -83,6 +92,20 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=30))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def agree_on_run_dir(run_dir: Path, ctx: DistributedContext) -> Path:
+    """Rank 0's run dir, on every rank (one broadcast): the ranks of one job must write into one directory.
+
+    Under plain torchrun each rank composes the Hydra config itself, so `${now:...}` in `hydra.run.dir` can resolve
+    to a different second on different ranks (or an override like `rank${oc.env:RANK}` to a different dir); rank 0
+    decides. A no-op in one process.
+    """
+    if not ctx.is_distributed:
+        return Path(run_dir)
+    chosen = [str(run_dir) if ctx.is_main else None]
+    dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0])
 
 
 def shutdown_distributed() -> None:

@@ -7,7 +7,10 @@ second Ctrl-C means "now": it raises KeyboardInterrupt as Python's default handl
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 from types import FrameType
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, try again": a checkpoint was saved, requeue the job.
@@ -47,3 +50,20 @@ class PreemptionFlag:
     @property
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else ""
+
+
+# prctl(2) option: the signal the kernel sends this process when its parent thread dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_when_parent_dies(signum: int = signal.SIGTERM) -> bool:
+    """Under torchrun, ask the kernel to send `signum` when the launcher agent dies; True when it was armed.
+
+    Without it, a SIGKILLed (or crashed) agent leaves its workers training with no parent, holding the GPUs and the
+    rendezvous port. With it, each worker gets SIGTERM, checkpoints at the next step boundary (`PreemptionFlag`) and
+    exits. Linux only (prctl PR_SET_PDEATHSIG); elsewhere, or outside torchrun, it does nothing and returns False.
+    """
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0

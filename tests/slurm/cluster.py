@@ -114,7 +114,8 @@ class SlurmCluster:
                     f"SlurmctldLogFile={r}/slurmctld.log",
                     f"SlurmdLogFile={r}/slurmd.log",
                     "ProctrackType=proctrack/linuxproc",
-                    "TaskPlugin=task/none",
+                    # task/affinity binds each task to its CPUs, so a rank sees (nproc) what srun gave it.
+                    "TaskPlugin=task/affinity",
                     "SchedulerType=sched/backfill",
                     "SelectType=select/cons_tres",
                     "SelectTypeParameters=CR_Core",
