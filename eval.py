@@ -9,6 +9,12 @@ markdown row of the seed's results table. See docs/evaluation.md.
 from __future__ import annotations
 
 import sys
+
+if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):  # answered before the slow imports below
+    from openmagvit2.cli import print_help
+
+    sys.exit(print_help("eval"))
+
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2 import hub, weights
+from openmagvit2.cli import check_additions
 from openmagvit2.config import ConfigError, cap_workers, data_config
 from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
                               save_reconstruction_grid)
@@ -192,6 +199,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     try:
+        check_additions(HydraConfig.get().overrides.task, "eval", cfg.data.get("name"))  # `+data.val_dir2=...`
         run(cfg)
     except (ConfigError, weights.MissingWeightsError, CheckpointError) as error:
         print(f"eval.py: {error}", file=sys.stderr)

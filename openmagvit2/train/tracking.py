@@ -153,13 +153,15 @@ class Tracker:
         run_id = id_file.read_text().strip() if id_file.exists() else (self.run_id or uuid.uuid4().hex[:8])
         id_file.write_text(run_id)
         self.run_id = run_id
+        name = logger_cfg.name or self.run_dir.name
         self.wandb_run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
-            name=logger_cfg.name or self.run_dir.name, tags=list(logger_cfg.tags or []), config=config,
+            name=name, tags=list(logger_cfg.tags or []), config=config,
             dir=str(self.run_dir), id=run_id, resume="allow", mode=mode,
             settings=wandb.Settings(quiet=True, console="off"),
         )
-        self.info(f"W&B run {run_id} ({mode}) in {self.run_dir / 'wandb'}")
+        group = f", group {logger_cfg.group}" if logger_cfg.group else ""
+        self.info(f"W&B run {run_id} named {name}{group} ({mode}) in {self.run_dir / 'wandb'}")
 
     def info(self, message: str) -> None:
         """A line for humans: terminal (above the progress bar) and train.log."""
