@@ -627,6 +627,12 @@ def validate_config(cfg: DictConfig) -> RunConfig:
         raise ConfigError("the training config does not start from config_schema: put `- config_schema` first in "
                           "the defaults list of conf/config.yaml.")
     config.data = cap_workers(data_config(config.data))
+    # Training always evaluates at the end (and every train.eval_every steps): refuse a missing val split now, with
+    # the command that sets it, rather than after the models are built.
+    if isinstance(config.data, FolderDataConfig):
+        _check_dir("val_dir", config.data.val_dir, required=True)
+    elif isinstance(config.data, WdsDataConfig):
+        _check_shards("val_shards", config.data.val_shards, required=True)
     world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     check_global_batch(config.train.batch_size, config.train.global_batch_size, world_size)
     return config

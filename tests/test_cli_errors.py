@@ -117,3 +117,14 @@ def test_loader_workers_are_capped_by_the_usable_cpus_with_one_warning(monkeypat
         assert cap_workers(SampleDataConfig(num_workers=8)).num_workers == 2  # warned once
         assert cap_workers(SampleDataConfig(num_workers=1)).num_workers == 1
     assert FolderDataConfig.__dataclass_fields__["num_workers"].default == 8  # the schema keeps the cluster default
+
+
+def test_training_without_a_val_split_is_refused_before_anything_is_built(tmp_path):
+    from conftest import FAST, compose_config
+
+    from openmagvit2.config import validate_config
+
+    train = write_images(tmp_path / "train", 2)
+    cfg = compose_config([*FAST, "data=imagenet_folder", f"data.train_dir={train}", "data.val_dir=null"])
+    with pytest.raises(ConfigError, match="data.val_dir=None is invalid: .*pass data.val_dir=/path/to/images"):
+        validate_config(cfg)
