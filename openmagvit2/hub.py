@@ -129,8 +129,9 @@ def resolve_path(value: str | os.PathLike[str]) -> Path:
 def from_pretrained(name_or_path: str | os.PathLike[str], use_ema: bool = True, map_location: Any = "cpu"):
     """A tokenizer from a `save_pretrained` folder, a local checkpoint, or a released name (in eval mode).
 
-    A released name loads the registry's architecture (and bit order) rather than guessing it from the keys."""
-    from openmagvit2.models import Tokenizer
+    A released name loads the registry's architecture (and so its bit order) rather than guessing it from the keys;
+    the video repo gives a `VideoTokenizer`."""
+    from openmagvit2.models import Tokenizer, VideoTokenizer
 
     value = str(name_or_path)
     if not is_hub_name(value):
@@ -139,7 +140,9 @@ def from_pretrained(name_or_path: str | os.PathLike[str], use_ema: bool = True, 
             return Tokenizer.from_pretrained(path, map_location=map_location)
         return Tokenizer.from_checkpoint(path, use_ema=use_ema, map_location=map_location)
     spec = lookup(value)
-    if spec.kind != "tokenizer":
-        raise HubError(f"{PREFIX}{spec.name} is a{'n' if spec.kind == 'ar' else ''} {spec.kind.replace('_', ' ')} "
-                       f"checkpoint, not an image tokenizer: use its own loader (resolve_hf gives the file).")
-    return Tokenizer.from_checkpoint(resolve_hf(value), model=spec.model, use_ema=use_ema, map_location=map_location)
+    if spec.kind == "ar":
+        raise HubError(f"{PREFIX}{spec.name} is an autoregressive (Stage II) checkpoint, not a tokenizer; "
+                       f"resolve_hf('{PREFIX}{spec.name}') gives the file.")
+    model_class = VideoTokenizer if spec.kind == "video_tokenizer" else Tokenizer
+    return model_class.from_checkpoint(resolve_hf(value), model=spec.model, use_ema=use_ema,
+                                       map_location=map_location)

@@ -121,3 +121,8 @@ def test_eval_py_evaluates_a_released_name_from_the_offline_cache(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["ckpt"] == f"hf://{REPO}" and saved["metrics"]["num_images"] == 4
+
+
+def test_an_ar_name_is_not_loaded_as_a_tokenizer(offline_cache):
+    with pytest.raises(hub.HubError, match="autoregressive .* resolve_hf"):
+        hub.from_pretrained("TencentARC/Open-MAGVIT2-AR-B-256-resolution")
