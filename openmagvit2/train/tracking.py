@@ -116,7 +116,7 @@ class Tracker:
         if logger_cfg is not None:
             self._start_wandb(logger_cfg, config or {})
         if self.is_tty and max_steps:
-            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            self._progress = Progress(TextColumn("[bold]train"), BarColumn(bar_width=20), MofNCompleteColumn(),
                                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                                       console=self.console, transient=False)
             self._task = self._progress.add_task("train", total=max_steps, completed=start_step, status="")
