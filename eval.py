@@ -179,7 +179,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             row = markdown_row(results, name, label_resolution, int(cfg.data.image_size),
                                tokenizer.downsample_factor, int(hparams["codebook_bits"]))
             write_metrics_json(run_dir / "metrics.json", results, {
-                "ckpt": str(cfg.ckpt) if hub.is_hub_name(str(cfg.ckpt)) else str(ckpt.resolve()), "model": name, "tokenizer_hparams": hparams,
+                "ckpt": str(cfg.ckpt) if hub.is_hub_name(str(cfg.ckpt)) else str(ckpt.resolve()), "model": name,
+                "tokenizer_hparams": hparams,
                 "image_size": int(cfg.data.image_size), "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "fid_mode": cfg.fid_mode, "uint8": cfg.uint8, "precision": cfg.precision, "use_ema": cfg.use_ema,
                 "world_size": ctx.world_size, "markdown_row": row,

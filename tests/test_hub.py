@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_checkpoint_loading import REFERENCE_DETAILED, TINY_V3, assert_same_weights, released_checkpoint, seeded_tokenizer
+from test_checkpoint_loading import (REFERENCE_DETAILED, TINY_V3, assert_same_weights, released_checkpoint,
+                                     seeded_tokenizer)
 
 from openmagvit2 import hub
 from openmagvit2.config import ConfigError, TrainConfig, model_preset
