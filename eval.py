@@ -9,6 +9,12 @@ markdown row of the seed's results table. See docs/evaluation.md.
 from __future__ import annotations
 
 import sys
+
+if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):  # answered before the slow imports below
+    from openmagvit2.cli import print_help
+
+    sys.exit(print_help("eval"))
+
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +23,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from openmagvit2 import weights
-from openmagvit2.config import ConfigError, data_config
+from openmagvit2 import hub, weights
+from openmagvit2.cli import check_additions
+from openmagvit2.config import ConfigError, cap_workers, data_config
 from openmagvit2.data.build import NoValidationSetError
 from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
                               save_reconstruction_grid)
@@ -30,9 +37,13 @@ from openmagvit2.io.safe_load import CheckpointError
 def validate(cfg: DictConfig) -> list[str]:
     """Check the eval keys before anything is built; returns the resolved metric names."""
     if OmegaConf.is_missing(cfg, "ckpt"):
-        raise ConfigError("ckpt is required: python eval.py ckpt=<checkpoint .pt/.ckpt or save_pretrained folder>.")
-    if not Path(cfg.ckpt).exists():
-        raise ConfigError(f"ckpt={cfg.ckpt} does not exist; pass the path of a checkpoint file or folder.")
+        raise ConfigError("ckpt is required: python eval.py ckpt=<checkpoint .pt/.ckpt, save_pretrained folder or "
+                          "hf://<released repo>>.")
+    if hub.is_hub_name(str(cfg.ckpt)):
+        hub.lookup(str(cfg.ckpt))  # an unknown name is refused here; the download waits for the weights check
+    elif not Path(cfg.ckpt).exists():
+        raise ConfigError(f"ckpt={cfg.ckpt} does not exist; pass the path of a checkpoint file or folder, or "
+                          f"hf://<released repo> (e.g. hf://{hub.RELEASED[0].repo_id}).")
     try:
         metrics = resolve_metrics([cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics))
     except ValueError as error:
@@ -96,12 +107,16 @@ def train_resolution(checkpoint: Any) -> int | None:
 
 
 def load_tokenizer(cfg: DictConfig, ckpt: Path) -> tuple[Any, Any]:
-    """The tokenizer and the checkpoint dict it came from (None for a save_pretrained folder), read once, safely."""
+    """The tokenizer and the checkpoint dict it came from (None for a save_pretrained folder), read once, safely.
+
+    A released name (`ckpt=hf://...`) brings its architecture from the registry unless the command line chose one."""
     from openmagvit2.io import read_checkpoint
     from openmagvit2.models import Tokenizer
     from openmagvit2.models.loading import tokenizer_from_checkpoint
 
     model, use_ema = architecture_override(cfg), bool(cfg.use_ema)
+    if model is None and hub.is_hub_name(str(cfg.ckpt)):
+        model = hub.lookup(str(cfg.ckpt)).model
     if ckpt.is_dir():
         return Tokenizer.from_checkpoint(ckpt, model=model, use_ema=use_ema), None
     checkpoint = read_checkpoint(ckpt)
@@ -126,9 +141,18 @@ def log_to_wandb(cfg: DictConfig, results: dict[str, float], run_dir: Path, grid
     run.finish()
 
 
+def check_image_size(image_size: int, factor: int, ckpt: str) -> None:
+    """Refuse an eval size the tokenizer cannot tokenize (it would fail deep inside the first forward)."""
+    if image_size % factor:
+        lower, upper = image_size // factor * factor, (image_size // factor + 1) * factor
+        raise ConfigError(f"data.image_size={image_size} is not a multiple of {ckpt}'s downsampling factor {factor}: "
+                          f"use {lower or upper} or {upper}.")
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     metrics = validate(cfg)
-    data = data_config(cfg.data)  # the typed, checked data group
+    # The typed, checked data group: only the validation split is needed (and checked) here.
+    data = cap_workers(data_config(cfg.data, for_eval=True))
     # Refuse before building anything when a feature network's weights are not on disk.
     weights.require(required_weights(metrics, cfg.fid_mode))
 
@@ -138,8 +162,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     ctx = init_distributed(str(cfg.device))
     try:
         torch.manual_seed(int(cfg.seed))
-        ckpt = Path(cfg.ckpt)
+        ckpt = hub.resolve_path(str(cfg.ckpt))
         tokenizer, checkpoint = load_tokenizer(cfg, ckpt)
+        check_image_size(int(data.image_size), tokenizer.downsample_factor, str(cfg.ckpt))
         tokenizer = tokenizer.to(ctx.device)
         label_resolution = train_resolution(checkpoint)
         del checkpoint  # the optimiser states etc. of a training checkpoint are not needed during evaluation
@@ -155,7 +180,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             row = markdown_row(results, name, label_resolution, int(cfg.data.image_size),
                                tokenizer.downsample_factor, int(hparams["codebook_bits"]))
             write_metrics_json(run_dir / "metrics.json", results, {
-                "ckpt": str(ckpt.resolve()), "model": name, "tokenizer_hparams": hparams,
+                "ckpt": str(cfg.ckpt) if hub.is_hub_name(str(cfg.ckpt)) else str(ckpt.resolve()), "model": name,
+                "tokenizer_hparams": hparams,
                 "image_size": int(cfg.data.image_size), "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "fid_mode": cfg.fid_mode, "uint8": cfg.uint8, "precision": cfg.precision, "use_ema": cfg.use_ema,
                 "world_size": ctx.world_size, "markdown_row": row,
@@ -175,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     try:
+        check_additions(HydraConfig.get().overrides.task, "eval", cfg.data.get("name"))  # `+data.val_dir2=...`
         run(cfg)
     except (ConfigError, weights.MissingWeightsError, CheckpointError, NoValidationSetError) as error:
         print(f"eval.py: {error}", file=sys.stderr)

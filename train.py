@@ -12,9 +12,15 @@ with code 75 so that the launcher requeues the job; the requeued job resumes her
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):  # answered before the slow imports below
+    from openmagvit2.cli import print_help
+
+    sys.exit(print_help("train"))
+
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from openmagvit2.cli import check_additions, swept_keys, sweep_run_name
 from openmagvit2.config import ConfigError, validate_config
 from openmagvit2.data import DataError, build_train_loader
 from openmagvit2.io.safe_load import CheckpointError
@@ -49,6 +56,7 @@ EVAL_HISTORY = "eval_history.jsonl"
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        check_additions(HydraConfig.get().overrides.task, "train", cfg.data.get("name"))  # `+train.max_step=5`
         # Handlers go in first: a pre-emption warning during start-up is honoured at the first step boundary.
         with PreemptionFlag() as preemption:
             exit_code = train(cfg, Path(HydraConfig.get().runtime.output_dir), wandb_names(cfg), preemption)
@@ -64,13 +72,14 @@ def main(cfg: DictConfig) -> None:
 
 def wandb_names(cfg: DictConfig) -> dict[str, str | None]:
     """Jobs of one multirun sweep share a W&B group named after the sweep directory, and each run is named by
-    its overrides (e.g. `loss.perceptual_weight=0.1`), so the dashboard reads like the sweep."""
+    its swept keys only (e.g. `loss.perceptual_weight=0.1`), so the dashboard reads like the sweep."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return {"group": cfg.logger.group, "name": cfg.logger.name}
     sweep_group = str(Path(hydra_cfg.sweep.dir)).strip("/").replace("/", "-")
+    swept = swept_keys(sys.argv[1:], hydra_cfg.sweeper.get("params"))
     return {"group": cfg.logger.group or sweep_group,
-            "name": cfg.logger.name or hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)}
+            "name": cfg.logger.name or sweep_run_name(hydra_cfg.overrides.task, swept) or f"job{hydra_cfg.job.num}"}
 
 
 def seed_everything(seed: int) -> None:

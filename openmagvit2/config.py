@@ -10,9 +10,12 @@ This module imports no other part of the package at load time (models, losses an
 """
 from __future__ import annotations
 
+import contextvars
+import copy
 import dataclasses
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -27,6 +30,9 @@ __all__ = ["ClusterConfig", "ConfigError", "FolderDataConfig", "LoggerConfig", "
            "check_global_batch", "data_config", "model_preset", "time_limit_seconds", "validate_config"]
 
 BIT_ORDERS = ("lsb_first", "msb_first")
+# True while `data_config(..., for_eval=True)` types a data group: eval.py needs only the validation split, so the
+# training keys (train_dir, shards, shards_index) are not checked and the validation key is required instead.
+_EVAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("openmagvit2_eval_only_data", default=False)
 MAX_CODEBOOK_BITS = 30  # token indices must stay exact in int64 and in the float32 code tables of the AR stage
 
 
@@ -207,6 +213,32 @@ class DataConfig:
         check(isinstance(self.hflip, bool), "data.hflip", self.hflip, "true or false")
 
 
+_WORKER_CAP_WARNED: set[tuple[int, int]] = set()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what SLURM/taskset/cgroups allow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cap_workers(data: DataConfig) -> DataConfig:
+    """The entry points' data group with `num_workers` capped at the CPUs this process may use (more workers only
+    thrash); warns once per (requested, cap). The loaders themselves take the number they are given."""
+    requested, cpus = data.num_workers, usable_cpus()
+    if requested <= cpus:
+        return data
+    if (requested, cpus) not in _WORKER_CAP_WARNED:
+        _WORKER_CAP_WARNED.add((requested, cpus))
+        warnings.warn(f"data.num_workers={requested} but this process may use {cpus} CPU(s): using {cpus} loader "
+                      f"workers (set data.num_workers={cpus} to silence this).", stacklevel=2)
+    capped = copy.copy(data)  # not dataclasses.replace: that would validate (and stat the paths) again
+    capped.num_workers = cpus
+    return capped
+
+
 @dataclass
 class SampleDataConfig(DataConfig):
     """Real photographs bundled inside scikit-image (no download), cut into random crops: the demo's data.
@@ -242,7 +274,7 @@ def _check_dir(key: str, path: Optional[str], required: bool) -> None:
     from openmagvit2.data.folder import has_images
 
     if path is None:
-        check(not required, f"data.{key}", path, "the path of an image folder")
+        check(not required, f"data.{key}", path, f"the path of an image folder (pass data.{key}=/path/to/images)")
         return
     if not os.path.isdir(str(path)):
         raise ConfigError(f"data.{key}={str(path)!r} does not exist or is not a directory: set data.{key} "
@@ -286,15 +318,20 @@ class FolderDataConfig(FileDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_dir("train_dir", self.train_dir, required=True)
-        _check_dir("val_dir", self.val_dir, required=False)
+        eval_only = _EVAL_ONLY.get()
+        if not eval_only:
+            _check_dir("train_dir", self.train_dir, required=True)
+        _check_dir("val_dir", self.val_dir, required=eval_only)
 
 
 def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
     from openmagvit2.data.shards import expand_shards, missing_local_shards
 
     if spec is None:
-        check(not required, f"data.{key}", spec, "a shard pattern such as /path/train-{000000..001281}.tar")
+        split = "val-{000000..000049}" if key == "val_shards" else "train-{000000..001281}"
+        # Quoted twice: the shell strips the outer quotes, Hydra needs the inner ones around the braces.
+        check(not required, f"data.{key}", spec, f"a shard pattern: pass \"data.{key}='/path/{split}.tar'\" "
+                                                 f"(or data.root=/path holding the shards)")
         return
     try:
         urls = expand_shards(spec)
@@ -332,9 +369,13 @@ class WdsDataConfig(FileDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_shards("shards", self.shards, required=True)
-        _check_shards("val_shards", self.val_shards, required=False)
+        eval_only = _EVAL_ONLY.get()
+        if not eval_only:
+            _check_shards("shards", self.shards, required=True)
+        _check_shards("val_shards", self.val_shards, required=eval_only)
         _int_at_least("data.shuffle_buffer", self.shuffle_buffer, 1)
+        if eval_only:
+            return
         if self.epoch_samples is None:
             index = self.index_path
             if index is None or not os.path.isfile(index):
@@ -348,10 +389,21 @@ DATA_SOURCES: dict[str, type[DataConfig]] = {
     "sample": SampleDataConfig, "imagenet_folder": FolderDataConfig, "imagenet_wds": WdsDataConfig}
 
 
-def data_config(data: DataConfig | DictConfig | dict) -> DataConfig:
-    """The validated, typed `data` group (a composed DictConfig, a dict, or already a typed object)."""
+def data_config(data: DataConfig | DictConfig | dict, for_eval: bool = False) -> DataConfig:
+    """The validated, typed `data` group (a composed DictConfig, a dict, or already a typed object).
+
+    `for_eval`: only the validation split is needed (eval.py): the training keys are not checked and the
+    validation key (`val_dir` / `val_shards`) is required."""
     if isinstance(data, DataConfig):
         return data
+    token = _EVAL_ONLY.set(for_eval)
+    try:
+        return _typed_data(data)
+    finally:
+        _EVAL_ONLY.reset(token)
+
+
+def _typed_data(data: DictConfig | dict) -> DataConfig:
     values = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
     name = values.get("name")
     if name not in DATA_SOURCES:
@@ -403,7 +455,14 @@ class OptimConfig:
         check(_is_number(self.drop_rate) and self.drop_rate > 0, "optim.drop_rate", self.drop_rate, "a number > 0")
 
 
-def _existing_file(key: str, value: Optional[str], what: str) -> None:
+def _existing_file(key: str, value: Optional[str], what: str, hub_names: bool = False) -> None:
+    """A local file, or (`hub_names`) a released name such as hf://TencentARC/... (checked, not downloaded here)."""
+    if hub_names and value is not None:
+        from openmagvit2 import hub
+
+        if hub.is_hub_name(value):
+            hub.lookup(value)  # HubError (a ConfigError) naming the known files
+            return
     if value is not None and not Path(value).is_file():
         raise ConfigError(f"{key}={value!r} is not a file; give {what}.")
 
@@ -452,7 +511,8 @@ class TrainConfig:
         if self.resume not in ("auto", "never"):
             _existing_file("train.resume", self.resume, "a checkpoint path, or auto / never")
         _existing_file("train.init_from", self.init_from,
-                       "our checkpoint or a released Open-MAGVIT2 .ckpt (e.g. imagenet_256_L.ckpt)")
+                       "our checkpoint, a released Open-MAGVIT2 .ckpt (e.g. imagenet_256_L.ckpt) or its name "
+                       "(e.g. hf://TencentARC/Open-MAGVIT2-Tokenizer-256-resolution)", hub_names=True)
 
 
 def check_global_batch(batch_size: int, global_batch_size: Optional[int], world_size: int,
@@ -622,7 +682,7 @@ def validate_config(cfg: DictConfig) -> RunConfig:
     if not isinstance(config, RunConfig):
         raise ConfigError("the training config does not start from config_schema: put `- config_schema` first in "
                           "the defaults list of conf/config.yaml.")
-    config.data = data_config(config.data)
+    config.data = cap_workers(data_config(config.data))
     if config.ar_model is not None:
         from openmagvit2.generation.config import ARModelConfig
 

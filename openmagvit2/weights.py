@@ -101,6 +101,10 @@ class MissingWeightsError(RuntimeError):
     """Pretrained files are absent; the message lists each one with the path it must be copied to."""
 
 
+class DownloadError(RuntimeError):
+    """A file could not be fetched (no network, proxy, HTTP error); the message says how to place it by hand."""
+
+
 def hub_checkpoint_dir() -> Path:
     """`torch.hub.get_dir()/checkpoints`: where `load_state_dict_from_url` (torchvision, clean-fid legacy) looks."""
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -139,7 +143,17 @@ def missing_message(specs: Sequence[WeightFile]) -> str:
         f"Fix: run `make weights` (or `python -m openmagvit2.weights download {names}`) on a machine with network, "
         f"then copy the files to the paths above (set TORCH_HOME to use another cache directory)."
     )
+    lines.append(offline_way_out(specs))
     return "\n".join(lines)
+
+
+def offline_way_out(specs: Sequence[WeightFile]) -> str:
+    """How to run without the missing files: the settings that need no pretrained network."""
+    ways = []
+    if any(spec.name == "lpips_vgg" for spec in specs):
+        ways.append("train without them with loss.perceptual_weight=0 (no LPIPS loss)")
+    ways.append("evaluate without them with metrics=[psnr,ssim,usage]")
+    return "Or, offline: " + "; ".join(ways) + "."
 
 
 def require(names: Iterable[str]) -> None:
@@ -176,11 +190,16 @@ def download(names: Iterable[str], force: bool = False) -> list[Path]:
             paths.append(destination)
             continue
         print(f"{spec.name}: downloading {spec.url}")
-        with atomic_write(destination) as tmp:  # renamed into place only when the checksum matches
-            with urllib.request.urlopen(spec.url, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-            tmp.flush()
-            verify(spec, Path(tmp.name))
+        try:
+            with atomic_write(destination) as tmp:  # renamed into place only when the checksum matches
+                with urllib.request.urlopen(spec.url, timeout=60) as response:
+                    shutil.copyfileobj(response, tmp)
+                tmp.flush()
+                verify(spec, Path(tmp.name))
+        except OSError as error:  # URLError, HTTPError, timeouts, a read-only cache: all OSError
+            reason = getattr(error, "reason", None) or error
+            raise DownloadError(f"could not download {spec.filename} from {spec.url} ({reason}); fetch it on a "
+                                f"machine with network and put it at {destination}.") from None
         print(f"{spec.name}: saved and verified at {destination}")
         paths.append(destination)
     return paths
@@ -213,7 +232,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         names = sorted(WEIGHTS) if args.all else args.names
         if not names:
             parser.error("name the files to download or pass --all")
-        paths = download(names, force=args.force)
+        try:
+            paths = download(names, force=args.force)
+        except (DownloadError, RuntimeError) as error:  # RuntimeError: a checksum mismatch
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(copy_instructions(paths))
         return 0
     status = 0

@@ -112,7 +112,8 @@ BAD_VALUES = [
     ("model.bit_order=middle", r"model\.bit_order='middle' is invalid"),
     ("optim.lr=-1", r"optim\.lr=-1\.0 is invalid: expected a number > 0"),
     ("optim.betas=[0.5]", r"optim\.betas=\[0\.5\] is invalid"),
-    ("optim.schedule=linear", r"optim\.schedule='linear' is invalid: expected one of constant, cosine, step"),
+    ("optim.schedule=linear_decay", r"optim\.schedule='linear_decay' is invalid: expected one of constant, cosine, "
+                                    r"step, linear"),
     ("logger.mode=loud", r"logger\.mode='loud' is invalid"),
     ("loss.lecam_decay=1", r"loss\.lecam_decay=1\.0 is invalid: expected a number in \[0, 1\)"),
     ("cluster.nodes=0", r"cluster\.nodes=0 is invalid: expected an integer >= 1"),

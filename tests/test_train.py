@@ -196,10 +196,12 @@ def test_fine_tuning_starts_from_a_released_checkpoints_ema_weights(tmp_path: Pa
 
 
 def logged_value(run_dir: Path, step: int, name: str) -> float:
-    for line in (run_dir / "train.log").read_text().splitlines():
-        if line.startswith(f"step {step}/") and f" {name}=" in line:
-            return float(line.split(f" {name}=")[1].split()[0])
-    raise AssertionError(f"{name} at step {step} not in {run_dir / 'train.log'}")
+    """A scalar as logged (metrics.jsonl holds every scalar of every log step, at full precision)."""
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["step"] == step and name in record:
+            return record[name]
+    raise AssertionError(f"{name} at step {step} not in {run_dir / 'metrics.jsonl'}")
 
 
 def test_compiled_generator_trains_like_the_eager_one(tmp_path: Path) -> None:

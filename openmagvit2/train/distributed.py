@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from openmagvit2.errors import ConfigError
 from openmagvit2.io.safe_load import read_checkpoint_bytes
 
 
@@ -72,7 +73,7 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto.")
+            raise ConfigError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto.")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

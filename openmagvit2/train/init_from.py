@@ -19,8 +19,11 @@ def initialise_from_checkpoint(path: str | Path, tokenizer: nn.Module, discrimin
     """Load generator (EMA copy when asked and present) and discriminator weights; returns what was loaded.
 
     The training config's `model` must match the file's generator exactly (`CheckpointMismatchError` otherwise).
+    `path` may be a released name (`hf://TencentARC/...`), read from the Hugging Face cache (`openmagvit2.hub`).
     """
-    path = Path(path)
+    from openmagvit2.hub import resolve_path
+
+    path = resolve_path(path)
     checkpoint = read_checkpoint(path, map_location="cpu")
     if not isinstance(checkpoint, dict):
         raise ValueError(f"train.init_from={path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
