@@ -38,8 +38,11 @@ def resolve_wandb_mode(mode: str) -> str:
 
 # The terminal's short, stable set (label on screen): the losses that matter, the last evaluation, throughput.
 # Everything else (and these) goes to W&B and <run dir>/metrics.jsonl.
+# The terminal's short set (those a run logs): Stage I's losses and val metrics, then Stage II's, then throughput.
 TERMINAL_KEYS: dict[str, str] = {"loss/g_total": "g_total", "loss/l1": "l1", "loss/d_total": "d_total",
-                                 "val/psnr": "val_psnr", "val/usage": "val_usage", "img_per_s": "img/s"}
+                                 "val/psnr": "val_psnr", "val/usage": "val_usage",
+                                 "loss/ar": "ar_loss", "acc/sub0": "acc0", "acc/sub1": "acc1",
+                                 "val/loss/ar": "val_nll", "img_per_s": "img/s", "tokens_per_s": "tok/s"}
 METRICS_FILE = "metrics.jsonl"
 
 
