@@ -94,6 +94,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]} must be >= 1.")
     if cfg.num_classes is not None and int(cfg.num_classes) < 1:
         raise ConfigError(f"num_classes={cfg.num_classes} must be >= 1 (null: every class of the model).")
+    from openmagvit2.generation import PUBLISHED_SAMPLING
+
+    if cfg.preset not in (None, "auto", "none", *PUBLISHED_SAMPLING):
+        raise ConfigError(f"preset={cfg.preset} is not a published setting; use auto, none or one of "
+                          f"{sorted(PUBLISHED_SAMPLING)}.")
     if cfg.precision not in AUTOCAST_DTYPES:
         raise ConfigError(f"precision={cfg.precision} is not allowed; use one of {list(AUTOCAST_DTYPES)}.")
     if int(cfg.grid_classes) < 0 or int(cfg.grid_per_class) < 1:
