@@ -27,8 +27,8 @@ each is a few lines written to ADM's definitions above; torch-fidelity would add
 weight file, and precision/recall on VGG-16 features by default (not ADM's Inception features).
 Relation to the TensorFlow ADM evaluator: same network weights, same resize, same formulas; the differences are
 float arithmetic (PyTorch/cuDNN vs TF convolutions, TF32 disabled here) and, when the reference's `mu`/`sigma` are
-used, that those were computed by TensorFlow. Expect agreement to about 0.01 FID, not bit-identity. ADM's sFID
-(spatial mixed_6 features) is not computed.
+used, that those were computed by TensorFlow. Expect small differences, not bit-identity (not measured here: the
+tests use a random feature network). ADM's sFID (spatial mixed_6 features) is not computed.
 """
 from __future__ import annotations
 
