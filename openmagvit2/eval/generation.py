@@ -178,6 +178,9 @@ def generation_metrics(samples: np.ndarray, reference: Batch, network: FeatureNe
     and recall need its images (None without them).
     """
     device = torch.device(device)
+    for what, batch in (("samples", samples), ("reference images", reference.images)):
+        if batch is not None and len(batch) <= k:
+            raise ConfigError(f"precision/recall with k={k} needs more than {k} {what}, got {len(batch)}.")
     sample_features, sample_logits = extract(samples, network, batch_size, device)
     ref_features = None
     if reference.images is not None:
@@ -231,7 +234,12 @@ def run(cfg: DictConfig, network: FeatureNetwork | None = None) -> dict[str, Any
     results = generation_metrics(samples.images, reference, network, device=device, batch_size=int(cfg.batch_size),
                                  k=int(cfg.k), is_split_size=int(cfg.is_split_size),
                                  use_reference_statistics=cfg.ref_stats == "auto")
-    out = Path(cfg.out) if cfg.out is not None else Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    if cfg.out is not None:
+        out = Path(cfg.out)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"metrics": results, "samples": str(Path(cfg.samples).resolve()), "ref": str(Path(cfg.ref).resolve()),
               "k": int(cfg.k), "is_split_size": int(cfg.is_split_size),
