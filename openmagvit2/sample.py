@@ -28,15 +28,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2.errors import ConfigError
+from openmagvit2.eval.runner import AUTOCAST_DTYPES
 from openmagvit2.io.safe_load import CheckpointError
 from openmagvit2.paths import conf_dir
 
 log = logging.getLogger("openmagvit2.sample")
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ARCHITECTURE_KEYS = ("dim", "num_heads", "spatial_layers", "factorized_layers", "factorized_bits", "num_classes",
                      "grid_size")
 KNOB_DEFAULTS = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+LOG_EVERY_BATCHES = 10
 SHUFFLE_SEED = 0  # the permutation of samples.npz (fixed: the file is the same for every world size)
 
 
@@ -110,10 +111,9 @@ def load_models(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
     """The AR model and the tokenizer that decodes its ids (by default the one embedded in a released AR file)."""
     from openmagvit2.generation import ARModel
     from openmagvit2.models import Tokenizer
-
-    model = ARModel.from_checkpoint(cfg.ckpt).to(device)
     from openmagvit2.models.loading import CheckpointMismatchError
 
+    model = ARModel.from_checkpoint(cfg.ckpt).to(device)
     source = cfg.tokenizer if cfg.tokenizer is not None else cfg.ckpt
     try:
         tokenizer = Tokenizer.from_checkpoint(source, use_ema=bool(cfg.tokenizer_use_ema))
@@ -183,7 +183,8 @@ def run(cfg: DictConfig) -> Path | None:
         start = time.perf_counter()
 
         def progress(done: int, share: int) -> None:
-            if ctx.is_main:
+            batches = -(-done // int(cfg.batch_size))
+            if ctx.is_main and (batches % LOG_EVERY_BATCHES == 0 or done == share):
                 rate = done / (time.perf_counter() - start)
                 log.info("rank 0: %d/%d images, %.2f images/s per process", done, share, rate)
 

@@ -123,12 +123,28 @@ def test_two_gloo_ranks_write_the_samples_of_one_rank(tiny_files, tmp_path) -> N
     assert settings["world_size"] == 2 and settings["cfg_scale"] == [1.5, 2.0] and settings["preset"] is None
 
 
-def test_refusals_are_one_line_and_exit_2(tiny_files, tmp_path) -> None:
+def test_refusals_name_the_key_before_any_work(tiny_files, tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from openmagvit2.sample import run
+
     ar, _ = tiny_files
-    missing = run_sample([f"ckpt={tmp_path / 'absent.ckpt'}", f"out={tmp_path / 'o'}"], tmp_path)
-    no_tokenizer = run_sample([f"ckpt={ar}", "device=cpu", f"out={tmp_path / 'o'}"], tmp_path)
-    bad_knob = run_sample([f"ckpt={ar}", "device=cpu", "preset=ar_m", f"out={tmp_path / 'o'}"], tmp_path)
-    for result, words in ((missing, "does not exist"), (no_tokenizer, "pass tokenizer="), (bad_knob, "preset=ar_m")):
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert words in result.stderr and "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    cases = [([f"ckpt={tmp_path / 'absent.ckpt'}"], "ckpt=.*does not exist"),
+             ([f"ckpt={ar}", "preset=ar_m"], "preset=ar_m is not a published setting"),
+             ([f"ckpt={ar}", "num_per_class=0"], "num_per_class=0 must be >= 1"),
+             ([f"ckpt={ar}", "precision=fp8"], "precision=fp8"),
+             ([f"ckpt={ar}", "device=cpu"], "embeds no tokenizer.*pass tokenizer="),
+             ([f"ckpt={ar}", "device=cpu", f"tokenizer={tiny_files[1]}", "cfg_scale=[1,2,3]"], "one value per sub-token")]
+    for overrides, message in cases:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("sample", [*overrides, f"out={tmp_path / 'o'}"])
+        with pytest.raises(ConfigError, match=message):
+            run(cfg)
+
+
+def test_the_command_refuses_with_one_line_and_exit_2(tiny_files, tmp_path) -> None:
+    ar, _ = tiny_files
+    result = run_sample([f"ckpt={ar}", "device=cpu", f"out={tmp_path / 'o'}"], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pass tokenizer=" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
