@@ -1,9 +1,11 @@
 """`openmagvit2.eval.generation`: FID, IS, precision/recall against direct computations; ADM npz; refusals."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,76 @@ def test_cli_refuses_missing_inception_weights_with_one_message_and_exit_2(tmp_p
                                      capture_output=True, text=True, timeout=120)
     assert missing_samples.returncode == 2 and len(missing_samples.stderr.strip().splitlines()) == 1
     assert "samples=" in missing_samples.stderr and "does not exist" in missing_samples.stderr
+
+
+class FakeInception(torch.nn.Module):
+    """The interface of clean-fid's TorchScript Inception (`layers`, `output`, forward's keywords), random and tiny."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 8, kernel_size=13, stride=13), torch.nn.ReLU(),
+                                          torch.nn.AdaptiveAvgPool2d(1))
+        self.output = torch.nn.Linear(8, 10)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img.float(), size=[299, 299], mode="bilinear", align_corners=False)
+        features = self.layers((x - 128.0) / 128.0).reshape(img.shape[0], -1)
+        if return_features:
+            return features
+        logits = features @ self.output.weight.T if no_output_bias else self.output(features)
+        return torch.softmax(logits, dim=1)
+
+
+@pytest.fixture
+def fake_inception_home(tmp_path, monkeypatch) -> Path:
+    """A TORCH_HOME whose Inception file is a scripted `FakeInception` (no download)."""
+    home = tmp_path / "torch_home"
+    path = home / "hub" / "checkpoints" / weights.WEIGHTS["inception_clean"].filename
+    path.parent.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; the real file is TorchScript
+        torch.jit.save(torch.jit.script(FakeInception()), str(path))
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def test_inception_network_gives_pool_features_and_bias_free_logits(fake_inception_home) -> None:
+    from openmagvit2.eval.generation import InceptionNetwork
+
+    network = InceptionNetwork(torch.device("cpu"))
+    batch = torch.from_numpy(images(3, seed=10))
+    features, logits = network(batch)
+    scripted = network.model
+    nchw = rearrange(batch, "b h w c -> b c h w").float()
+    torch.testing.assert_close(features, scripted(nchw, return_features=True))
+    # softmax of our logits = the network's own no_output_bias probabilities (ADM's and StyleGAN's IS input)
+    torch.testing.assert_close(logits.softmax(dim=1), scripted(nchw, no_output_bias=True))
+
+
+def test_sample_then_score_through_both_commands(fake_inception_home, tmp_path) -> None:
+    from openmagvit2 import ARModel, Tokenizer
+    from openmagvit2.config import model_preset
+
+    torch.manual_seed(0)
+    model = ARModel(dim=32, num_heads=2, spatial_layers=1, factorized_layers=1, num_classes=2, grid_size=4,
+                    ffn_multiple_of=16)
+    torch.save(model.checkpoint(), tmp_path / "ar.pt")
+    Tokenizer(**model_preset("tiny")).save_pretrained(tmp_path / "tok")
+    np.savez(tmp_path / "ref.npz", arr_0=images(10, seed=11))
+    env = {**os.environ, "TORCH_HOME": str(fake_inception_home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    sample = subprocess.run([sys.executable, "-m", "openmagvit2.sample", f"ckpt={tmp_path / 'ar.pt'}",
+                             f"tokenizer={tmp_path / 'tok'}", "num_per_class=5", "device=cpu",
+                             f"out={tmp_path / 'samples'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    score = subprocess.run([sys.executable, "-m", "openmagvit2.eval.generation",
+                            f"samples={tmp_path / 'samples' / 'samples.npz'}", f"ref={tmp_path / 'ref.npz'}",
+                            "device=cpu", f"out={tmp_path / 'scores'}"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert score.returncode == 0, score.stderr[-3000:]
+    saved = json.loads((tmp_path / "scores" / "metrics.json").read_text())["metrics"]
+    assert saved["num_samples"] == 10 and saved["num_reference"] == 10
+    assert saved["fid"] > 0 and 1.0 <= saved["inception_score"] <= 10.0
+    assert 0.0 <= saved["precision"] <= 1.0 and 0.0 <= saved["recall"] <= 1.0

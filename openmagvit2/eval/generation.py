@@ -88,7 +88,10 @@ class InceptionNetwork:
 
     def __init__(self, device: torch.device) -> None:
         path = weights.locate(INCEPTION_WEIGHTS)
-        self.model = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript loading; the file exists only as TorchScript (clean-fid loads it the same way)
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model = torch.jit.load(str(path), map_location=device).eval()
         # The softmax layer's weights, applied without the bias (ADM's evaluator, improved-GAN's IS code).
         self.classifier = self.model.output.weight
 
