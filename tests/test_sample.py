@@ -134,7 +134,8 @@ def test_refusals_name_the_key_before_any_work(tiny_files, tmp_path) -> None:
              ([f"ckpt={ar}", "num_per_class=0"], "num_per_class=0 must be >= 1"),
              ([f"ckpt={ar}", "precision=fp8"], "precision=fp8"),
              ([f"ckpt={ar}", "device=cpu"], "embeds no tokenizer.*pass tokenizer="),
-             ([f"ckpt={ar}", "device=cpu", f"tokenizer={tiny_files[1]}", "cfg_scale=[1,2,3]"], "one value per sub-token")]
+             ([f"ckpt={ar}", "device=cpu", f"tokenizer={tiny_files[1]}", "cfg_scale=[1,2,3]"],
+              "one value per sub-token")]
     for overrides, message in cases:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("sample", [*overrides, f"out={tmp_path / 'o'}"])

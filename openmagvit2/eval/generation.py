@@ -89,7 +89,7 @@ class InceptionNetwork:
     def __init__(self, device: torch.device) -> None:
         path = weights.locate(INCEPTION_WEIGHTS)
         with warnings.catch_warnings():
-            # torch deprecates TorchScript loading; the file exists only as TorchScript (clean-fid loads it the same way)
+            # torch deprecates TorchScript loading; the file exists only as TorchScript (clean-fid loads it so)
             warnings.simplefilter("ignore", FutureWarning)
             self.model = torch.jit.load(str(path), map_location=device).eval()
         # The softmax layer's weights, applied without the bias (ADM's evaluator, improved-GAN's IS code).
