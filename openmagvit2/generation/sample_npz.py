@@ -4,12 +4,14 @@ Every (class, index) pair with index < per_class is the sample id j = position o
 generated exactly once: rank r takes ids r, r + world_size, ... in batches. Sample j draws from its own
 torch.Generator seeded with `seed * 2^32 + j`, so its tokens depend on (seed, j, model, knobs) only, not on the world
 size, the rank or the batch it lands in. Each rank writes `samples_{rank}.npz` with `arr_0` (uint8 `n H W 3`, what
-ADM's evaluator reads), `labels` and `sample_ids`; `combine_npz` merges the ranks' files in sample-id order.
+ADM's evaluator reads), `labels` and `sample_ids`; `combine_npz` merges the ranks' files in sample-id order, or in a
+fixed shuffled order (`shuffle_seed`, as the reference's combine_npz.py shuffles: ADM's Inception Score averages over
+splits of 5,000 consecutive samples, which in class order would each hold only 100 classes).
 Knows nothing of process groups: the caller passes its rank and world size.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,12 +39,14 @@ def rank_sample_ids(total: int, rank: int, world_size: int) -> list[int]:
 @torch.no_grad()
 def sample_to_npz(model: ARModel, tokenizer: Tokenizer, out_dir: str | Path, *, classes: Sequence[int] | None = None,
                   per_class: int = 50, batch_size: int = 32, rank: int = 0, world_size: int = 1, seed: int = 42,
-                  cfg_scale: Knob = 1.0, temperature: Knob = 1.0, top_k: Knob = 0, top_p: Knob = 1.0) -> Path:
+                  cfg_scale: Knob = 1.0, temperature: Knob = 1.0, top_k: Knob = 0, top_p: Knob = 1.0,
+                  on_batch: Callable[[int, int], None] | None = None) -> Path:
     """Generate this rank's share of `per_class` images for each class, decode them, write `samples_{rank}.npz`.
 
     `classes` defaults to every class of the model (ImageNet: 50 per class is the published 50k). The tokenizer
     decodes `b grid grid` ids (the one embedded in a released AR file: `Tokenizer.from_checkpoint(path)`), both
-    models on the same device. Returns the file's path.
+    models on the same device. `on_batch(done, total)` is called after each batch with this rank's counts (progress
+    and throughput logging). Returns the file's path.
     """
     classes = list(range(model.config.num_classes)) if classes is None else [int(c) for c in classes]
     if per_class < 1 or batch_size < 1:
@@ -60,6 +64,8 @@ def sample_to_npz(model: ARModel, tokenizer: Tokenizer, out_dir: str | Path, *, 
         decoded = tokenizer.decode_indices(rearrange(tokens, "b (h w) -> b h w", h=grid))
         images.append(rearrange(to_uint8(decoded), "b c h w -> b h w c").cpu().numpy())
         labels.append(batch_labels.cpu().numpy())
+        if on_batch is not None:
+            on_batch(start + len(batch_ids), len(ids))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"samples_{rank}.npz"
@@ -69,8 +75,13 @@ def sample_to_npz(model: ARModel, tokenizer: Tokenizer, out_dir: str | Path, *, 
     return path
 
 
-def combine_npz(out_dir: str | Path, world_size: int, name: str = "samples.npz") -> Path:
-    """Merge `samples_{0..world_size-1}.npz` into `name` in sample-id order (refusing gaps or duplicates)."""
+def combine_npz(out_dir: str | Path, world_size: int, name: str = "samples.npz", shuffle_seed: int | None = None
+                ) -> Path:
+    """Merge `samples_{0..world_size-1}.npz` into `name` (refusing gaps or duplicates).
+
+    Rows are in sample-id order, or, with `shuffle_seed`, in the permutation `numpy.random.default_rng(seed)` draws
+    (the same for every world size); `labels` and `sample_ids` follow the images.
+    """
     out_dir = Path(out_dir)
     parts = [np.load(out_dir / f"samples_{rank}.npz") for rank in range(world_size)]
     ids = np.concatenate([part["sample_ids"] for part in parts])
@@ -78,7 +89,38 @@ def combine_npz(out_dir: str | Path, world_size: int, name: str = "samples.npz")
     if not np.array_equal(ids[order], np.arange(len(ids))):
         raise ValueError(f"the {world_size} rank files in {out_dir} do not hold sample ids 0..{len(ids) - 1} exactly "
                          f"once: rerun the missing ranks with the same world size.")
+    if shuffle_seed is not None:
+        order = order[np.random.default_rng(shuffle_seed).permutation(len(order))]
+    destination = np.empty_like(order)
+    destination[order] = np.arange(len(order))  # output row of each concatenated row
+    # Fill one preallocated array a rank file at a time: 50k images at 256 px are 9.8 GB, held once.
+    images, labels, offset = None, np.empty(len(ids), np.int64), 0
+    for part in parts:
+        part_images = part["arr_0"]
+        if images is None:
+            images = np.empty((len(ids), *part_images.shape[1:]), np.uint8)
+        rows = destination[offset:offset + len(part_images)]
+        images[rows], labels[rows] = part_images, part["labels"]
+        offset += len(part_images)
+        del part_images
     path = out_dir / name
-    np.savez(path, arr_0=np.concatenate([part["arr_0"] for part in parts])[order],
-             labels=np.concatenate([part["labels"] for part in parts])[order], sample_ids=ids[order])
+    np.savez(path, arr_0=images, labels=labels, sample_ids=ids[order])
     return path
+
+
+def class_grid_rows(out_dir: str | Path, world_size: int, per_class: int, num_rows: int, per_row: int
+                    ) -> np.ndarray:
+    """Images `num_rows per_row H W 3` uint8 from the rank files: row c holds the first `per_row` samples of the c-th
+    class (sample ids c * per_class + 0..per_row-1), read one rank file at a time."""
+    per_row = min(per_row, per_class)
+    wanted = {row * per_class + index: (row, index) for row in range(num_rows) for index in range(per_row)}
+    grid = None
+    for rank in range(world_size):
+        part = np.load(Path(out_dir) / f"samples_{rank}.npz")
+        images = part["arr_0"]
+        if grid is None:
+            grid = np.zeros((num_rows, per_row, *images.shape[1:]), np.uint8)
+        for position, sample_id in enumerate(part["sample_ids"].tolist()):
+            if sample_id in wanted:
+                grid[wanted[sample_id]] = images[position]
+    return grid
