@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from openmagvit2.config import ConfigError, data_config
 from openmagvit2.data.tokens import TOKEN_INDEX_FORMAT, TOKEN_INDEX_VERSION, encode_token_shard
-from openmagvit2.data.variants import (Chunk, ChunkImages, check_variants, image_pass, variants_per_image)
+from openmagvit2.data.variants import Chunk, ChunkImages, check_variants, image_pass, variants_per_image
 from openmagvit2.io.atomic import atomic_write
 
 log = logging.getLogger("openmagvit2.tokenize")

@@ -32,7 +32,7 @@ from openmagvit2.config import DataConfig, FolderDataConfig, SampleDataConfig, W
 from .decode import ImageLimits, UnusableImageError, decode_image
 from .folder import scan_image_folder
 from .sample import LABELLED_VAL_SEED, SampleVal
-from .shards import expand_shards, image_bytes, iter_shard, read_index, sample_label, sample_name
+from .shards import default_index_path, expand_shards, image_bytes, iter_shard, read_index, sample_label, sample_name
 from .transforms import center_crop_box, crop, resize_short_side, to_uint8_tensor
 
 CROPS = (1, 10)
@@ -141,8 +141,6 @@ def image_pass(data: DataConfig, split: str, chunk_size: int, size: int, crops: 
     if spec is None:
         raise ValueError(f"data.val_shards is null: there is no {split} split to tokenize.")
     urls = expand_shards(spec)
-    from .shards import default_index_path
-
     index_path = data.index_path if split == "train" else default_index_path(spec)
     if index_path is None or not os.path.isfile(index_path):
         raise ValueError(f"no shard index at {index_path!r}: tokenizing shards needs the per-shard counts that "
