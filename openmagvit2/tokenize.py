@@ -19,18 +19,19 @@ import json
 import logging
 import os
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from openmagvit2.config import ConfigError, data_config
-from openmagvit2.data.tokens import TOKEN_INDEX_FORMAT, TOKEN_INDEX_VERSION, encode_token_shard
+from openmagvit2.data.tokens import (TOKEN_INDEX_FORMAT, TOKEN_INDEX_VERSION, TokenRows, array_names,
+                                     encode_token_shard, read_token_shard, save_arrays)
 from openmagvit2.data.variants import Chunk, ChunkImages, check_variants, image_pass, variants_per_image
 from openmagvit2.io.atomic import atomic_write
 
@@ -100,13 +101,6 @@ def encode_chunk(tokenizer: torch.nn.Module, chunk: Chunk, *, size: int, crops: 
             on_images(len(items))
     rows.sort(key=lambda row: (row[0], row[1]))
     return rows, skipped
-
-
-def shard_counts(path: str) -> tuple[int, int]:
-    """(images, samples) in a finished token shard, from its tar headers."""
-    with tarfile.open(path) as archive:
-        keys = {os.path.basename(name).split(".", 1)[0] for name in archive.getnames()}
-    return len({key.split("_")[0] for key in keys}), len(keys)
 
 
 def _barrier() -> None:
@@ -201,13 +195,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def build_index(out: Path, split: str, plan, tokenizer_info: dict, size: int, crops: int, flip: bool,
                 data_name: str) -> dict[str, Any]:
-    """The ``<split>.json`` of finished shards (counts re-read from their tar headers, so resumed runs count too)."""
-    shards = []
+    """The ``<split>.json`` of finished shards, and the split's memory-mappable arrays (both re-read from the shards,
+    so shards written by an earlier, killed run count too)."""
+    shards, parts = [], []
     for chunk in plan.chunks:
         name = shard_name(split, chunk.number)
-        images, samples = shard_counts(str(out / name))
-        shards.append({"name": name, "images": images, "samples": samples, "skipped": chunk.num_images - images})
+        rows = read_token_shard(str(out / name))
+        parts.append(rows)
+        images = len(np.unique(rows.images))
+        shards.append({"name": name, "images": images, "samples": len(rows), "skipped": chunk.num_images - images})
     factor = tokenizer_info["downsample_factor"]
+    save_arrays(TokenRows.concatenate(parts, (size // factor) ** 2).sorted(), str(out), split)
+    tokens_name, rows_name = array_names(split)
     return {
         "format": TOKEN_INDEX_FORMAT, "version": TOKEN_INDEX_VERSION, "split": split, "data": data_name,
         "source": plan.source, "tokenizer": tokenizer_info, "image_size": size, "grid_size": size // factor,
@@ -216,6 +215,7 @@ def build_index(out: Path, split: str, plan, tokenizer_info: dict, size: int, cr
         "num_classes": len(plan.classes), "classes": plan.classes,
         "images": sum(s["images"] for s in shards), "samples": sum(s["samples"] for s in shards),
         "skipped": sum(s["skipped"] for s in shards), "shards": shards,
+        "arrays": {"tokens": tokens_name, "rows": rows_name},
     }
 
 

@@ -249,6 +249,22 @@ def test_token_train_loader_resumes_exactly_and_draws_one_variant_per_image(flip
     assert torch.equal(straight[0][0], batch[0]) and torch.equal(straight[0][1], batch[1])
 
 
+def test_loaders_memory_map_the_arrays_and_fall_back_to_the_shards(flipped_tokens, tmp_path):
+    out = flipped_tokens[0]
+    mapped = read_token_split(str(out / "train.json"))
+    assert isinstance(mapped.rows.tokens, np.memmap)
+    for path in out.iterdir():  # the shards and the index alone, as a copy without the arrays
+        if not path.name.endswith(".npy"):
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    from_tars = read_token_split(str(tmp_path / "train.json"))
+    assert not isinstance(from_tars.rows.tokens, np.memmap)
+    for name in ("tokens", "images", "variants", "labels"):
+        assert np.array_equal(getattr(mapped.rows, name), getattr(from_tars.rows, name))
+    a = take(build_train_loader(tokens_cfg(out), 4, 1, 2, seed=2), 5)
+    b = take(build_train_loader(tokens_cfg(tmp_path), 4, 1, 2, seed=2), 5)
+    assert all(torch.equal(x, y) and torch.equal(lx, ly) for (x, lx), (y, ly) in zip(a, b))
+
+
 def test_token_ranks_are_disjoint_and_val_sees_every_sample_once(flipped_tokens):
     out = flipped_tokens[0]
     cfg = tokens_cfg(out, val_index=str(out / "val.json"))
@@ -257,7 +273,7 @@ def test_token_ranks_are_disjoint_and_val_sees_every_sample_once(flipped_tokens)
     assert not set(rows.images[parts[0]].tolist()) & set(rows.images[parts[1]].tolist())
     val_rows = read_token_split(str(out / "val.json")).rows
     seen = [torch.cat([i for i, _ in build_val_loader(cfg, 4, rank, 2)]) for rank in (0, 1)]
-    assert torch.equal(torch.cat(seen), torch.from_numpy(val_rows.tokens).long()) and len(val_rows) == 6
+    assert torch.equal(torch.cat(seen), torch.from_numpy(np.array(val_rows.tokens)).long()) and len(val_rows) == 6
     assert val_rows.labels.tolist() == [i % PHOTOS for i in range(6)]
 
 

@@ -4,12 +4,15 @@ Shard format (WebDataset tar, one per chunk of images, ``<split>-NNNNNN.tar``): 
 an image (centre crop, its mirror, or one of ten crops), key ``<image id, 9 digits>_<variant, 2 digits>``, fields
 ``tokens.npy`` (int32 ``n``: the ``grid_size^2`` token indices in raster order, ``codebook_bits`` bits each, packed
 as the index's ``bit_order`` says) and ``cls`` (the class index as text). Next to them, ``<split>.json`` (the index)
-names the tokenizer and its sha256, the grid, the crops, and the samples per shard.
+names the tokenizer and its sha256, the grid, the crops, and the samples per shard; and the same samples as two
+arrays, ``<split>.tokens.npy`` (int32 ``S n``) and ``<split>.rows.npy`` (int64 ``S 3``: image id, variant, label),
+sorted by (image, variant).
 
-Why in memory: a rank reads every shard of the split into three arrays at start-up (tokens ``S n`` int32, image
-ids, labels). The data is tiny next to the images (ImageNet: 1.28M x 256 x 4 B = 1.3 GB; ten crops 13 GB) and
-random access into arrays makes the epoch a pure function of (seed, epoch): exact resume needs only (epoch,
-position), with no stream replay and no workers.
+Why arrays: the data is tiny next to the images (ImageNet: 1.28M x 256 x 4 B = 1.3 GB; ten crops 13 GB), and random
+access into arrays makes the epoch a pure function of (seed, epoch): exact resume needs only (epoch, position), with
+no stream replay and no workers. The loaders memory-map the two ``.npy`` files (instant start, and the page cache
+is shared by the ranks of a node instead of one copy per rank); without them (older exports, or shards copied
+without the arrays) every rank reads the tar shards into memory instead.
 
 Training: each epoch is a permutation of the *images* drawn from (seed, epoch), dealt round-robin to the ranks
 (the remainder dropped, as the image loaders do); each image contributes one of its stored variants, drawn from
@@ -82,6 +85,11 @@ class TokenRows:
         return TokenRows(*(np.concatenate([getattr(p, name) for p in parts])
                            for name in ("tokens", "images", "variants", "labels")))
 
+    def batch(self, picked: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices ``b n`` int64, labels ``b`` int64) of rows ``picked`` (a copy, also out of a memory map)."""
+        return (torch.from_numpy(np.asarray(self.tokens[picked], dtype=np.int64)),
+                torch.from_numpy(np.asarray(self.labels[picked], dtype=np.int64)))
+
     def sorted(self) -> TokenRows:
         """Rows ordered by (image id, variant): an image's variants are contiguous."""
         order = np.lexsort((self.variants, self.images))
@@ -147,10 +155,44 @@ class TokenSplit:
         return int(self.index["tokenizer"]["codebook_bits"])
 
 
+def array_names(split: str) -> tuple[str, str]:
+    """File names of a split's memory-mappable arrays: (tokens ``S n`` int32, rows ``S 3`` int64)."""
+    return f"{split}.tokens.npy", f"{split}.rows.npy"
+
+
+def save_arrays(rows: TokenRows, folder: str, split: str) -> None:
+    """Write the sorted rows of a split as its two ``.npy`` arrays (atomically)."""
+    from openmagvit2.io.atomic import atomic_write
+
+    tokens_name, rows_name = array_names(split)
+    with atomic_write(os.path.join(folder, tokens_name)) as handle:
+        np.save(handle, np.ascontiguousarray(rows.tokens, np.int32))
+    with atomic_write(os.path.join(folder, rows_name)) as handle:
+        np.save(handle, np.stack([rows.images, rows.variants, rows.labels], axis=1).astype(np.int64))
+
+
+def _mapped_rows(index: dict, folder: str) -> TokenRows | None:
+    """The split's arrays, memory-mapped, when the index names them and they hold its samples; else None."""
+    names = index.get("arrays")
+    if not names:
+        return None
+    paths = [os.path.join(folder, names["tokens"]), os.path.join(folder, names["rows"])]
+    if not all(os.path.isfile(path) for path in paths):
+        return None
+    tokens, rows = (np.load(path, mmap_mode="r", allow_pickle=False) for path in paths)
+    if len(tokens) != int(index["samples"]) or len(rows) != len(tokens):
+        return None
+    return TokenRows(tokens, np.asarray(rows[:, 0]), np.asarray(rows[:, 1]), np.asarray(rows[:, 2]))
+
+
 def read_token_split(path: str, key: str = "data.train_index") -> TokenSplit:
-    """Read the index at ``path`` and every shard it lists (next to it); the counts must match the index."""
+    """Read the index at ``path`` and the samples: the memory-mapped arrays when present, else every shard it lists
+    (next to it; the counts must match the index)."""
     index = read_token_index(path, key)
     folder = os.path.dirname(os.path.abspath(path))
+    mapped = _mapped_rows(index, folder)
+    if mapped is not None:
+        return TokenSplit(path, index, mapped)
     num_tokens = int(index["grid_size"]) ** 2
     parts = []
     for shard in index["shards"]:
@@ -217,8 +259,6 @@ class TokenTrainLoader(_SplitInfo, ResumableLoader):
                          world_size=world_size, seed=seed, epoch_size=epoch_size, policy=SkipPolicy(),
                          pin_memory=pin_memory)
         self.split = split
-        self.tokens = torch.from_numpy(rows.tokens)
-        self.token_labels = torch.from_numpy(rows.labels)
 
     def epoch_rows(self, epoch: int) -> np.ndarray:
         """This rank's rows of ``epoch``, ``epoch_size x batch_size`` of them, in batch order."""
@@ -229,10 +269,9 @@ class TokenTrainLoader(_SplitInfo, ResumableLoader):
         return self.first_row[mine] + variant[mine]
 
     def _rest_of_epoch(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], Skips]]:
-        rows = torch.from_numpy(self.epoch_rows(self.epoch))
+        rows = self.epoch_rows(self.epoch)
         for batch in range(self.position, self.epoch_size):
-            picked = rows[batch * self.batch_size : (batch + 1) * self.batch_size]
-            yield (self.tokens[picked].long(), self.token_labels[picked]), Skips()
+            yield self.split.rows.batch(rows[batch * self.batch_size : (batch + 1) * self.batch_size]), Skips()
 
     def _output(self, indices: torch.Tensor) -> torch.Tensor:
         return indices.pin_memory() if self.pin_memory else indices
@@ -258,9 +297,7 @@ class TokenValLoader(_SplitInfo):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.num_images, self.batch_size):
-            picked = self.rows[start : start + self.batch_size]
-            yield (torch.from_numpy(self.split.rows.tokens[picked]).long(),
-                   torch.from_numpy(self.split.rows.labels[picked]))
+            yield self.split.rows.batch(self.rows[start : start + self.batch_size])
 
     def stats(self) -> dict:
         return {"images": self.num_images}
