@@ -26,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from openmagvit2.errors import ConfigError
 
 __all__ = ["ClusterConfig", "ConfigError", "FolderDataConfig", "LoggerConfig", "LossConfig", "ModelConfig",
-           "OptimConfig", "QuantizerConfig", "RunConfig", "SampleDataConfig", "TrainConfig", "WdsDataConfig",
+           "OptimConfig", "QuantizerConfig", "RunConfig", "SampleDataConfig", "TokenDataConfig", "TrainConfig",
+           "WdsDataConfig",
            "check_global_batch", "data_config", "model_preset", "time_limit_seconds", "validate_config"]
 
 BIT_ORDERS = ("lsb_first", "msb_first")
@@ -385,8 +386,53 @@ class WdsDataConfig(FileDataConfig):
             _int_at_least("data.epoch_samples", self.epoch_samples, 1)
 
 
+@dataclass
+class TokenDataConfig(DataConfig):
+    """Token shards of a data set, written by `python -m openmagvit2.tokenize` (Stage II, the generator's data).
+
+    Batches are `(indices b n int64, labels b int64)`, n = grid_size^2 tokens in raster order. The index JSON holds
+    the grid, the tokenizer and its hash: `image_size` is taken from it (any value given is replaced), `grid_size`
+    and `num_classes` are properties read from it. The shards are read into memory (tiny next to the images)."""
+
+    name: str = "tokens"
+    root: str = "${oc.env:TOKENS_ROOT,data/tokens}"
+    train_index: str = "${.root}/train.json"  # written by `python -m openmagvit2.tokenize ... split=train`
+    val_index: Optional[str] = None  # e.g. ${.root}/val.json (split=val); null = no validation set
+    num_workers: int = 0  # unused: batches are gathered from memory in the main process
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(not self.hflip, "data.hflip", self.hflip,
+              "false (flips are stored variants: tokenize with flip=true)")
+        from openmagvit2.data.tokens import read_token_index
+
+        try:
+            train = read_token_index(str(self.train_index), "data.train_index")
+            if self.val_index is not None:
+                read_token_index(str(self.val_index), "data.val_index")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        self.image_size = int(train["image_size"])
+
+    def _index(self) -> dict:
+        from openmagvit2.data.tokens import read_token_index
+
+        return read_token_index(str(self.train_index), "data.train_index")
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side (n = grid_size^2 per image), from the index."""
+        return int(self._index()["grid_size"])
+
+    @property
+    def num_classes(self) -> int:
+        """Class labels 0..num_classes-1 of the tokenized data set, from the index."""
+        return int(self._index()["num_classes"])
+
+
 DATA_SOURCES: dict[str, type[DataConfig]] = {
-    "sample": SampleDataConfig, "imagenet_folder": FolderDataConfig, "imagenet_wds": WdsDataConfig}
+    "sample": SampleDataConfig, "imagenet_folder": FolderDataConfig, "imagenet_wds": WdsDataConfig,
+    "tokens": TokenDataConfig}
 
 
 def data_config(data: DataConfig | DictConfig | dict, for_eval: bool = False) -> DataConfig:

@@ -1,7 +1,8 @@
 """Factories the trainer and eval code call: the train and val loaders of the chosen data source.
 
-``data.name`` picks the source: ``sample`` (bundled photos), ``imagenet_folder`` (ImageFolder layout on disk) or
-``imagenet_wds`` (WebDataset shards). Their keys, defaults and checks are the dataclasses in ``openmagvit2/config.py``
+``data.name`` picks the source: ``sample`` (bundled photos), ``imagenet_folder`` (ImageFolder layout on disk),
+``imagenet_wds`` (WebDataset shards), or ``tokens`` (token shards written by ``python -m openmagvit2.tokenize``, for
+the Stage II generator). Their keys, defaults and checks are the dataclasses in ``openmagvit2/config.py``
 (one per source); ``docs/data.md`` describes the guarantees.
 """
 
@@ -10,15 +11,17 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from openmagvit2.config import DataConfig, FolderDataConfig, SampleDataConfig, WdsDataConfig, data_config
+from openmagvit2.config import (DataConfig, FolderDataConfig, SampleDataConfig, TokenDataConfig, WdsDataConfig,
+                                data_config)
 from .decode import ImageLimits
 from .folder import FolderTrain, FolderVal, scan_image_folder
 from .loaders import MapStyleTrainLoader, MapStyleValLoader, SkipPolicy
-from .sample import SampleTrain, SampleVal
-from .shards import expand_shards, read_index
+from .sample import LABELLED_VAL_SEED, SampleTrain, SampleVal
+from .shards import default_index_path, expand_shards, read_index
+from .tokens import TokenTrainLoader, TokenValLoader, read_token_split
 from .wds import WdsTrainLoader, WdsValLoader
 
-VAL_KEYS = {"sample": "val_photos", "imagenet_folder": "val_dir", "imagenet_wds": "val_shards"}
+VAL_KEYS = {"sample": "val_photos", "imagenet_folder": "val_dir", "imagenet_wds": "val_shards", "tokens": "val_index"}
 
 
 class NoValidationSetError(ValueError):
@@ -54,10 +57,24 @@ def _image_limits(data: FolderDataConfig | WdsDataConfig) -> ImageLimits:
     return ImageLimits(data.max_pixels, float(data.max_aspect_ratio))
 
 
+def _require_labelled_shards(index_path: str | None, key: str, spec: Any) -> None:
+    """Refuse shards whose index counts unlabeled samples (images that were outside class folders)."""
+    if index_path is None or not os.path.isfile(index_path):
+        return  # no index: a sample without .cls stops the run when it is read
+    unlabeled = int(read_index(index_path).get("unlabeled", 0))
+    if unlabeled:
+        raise ValueError(f"data.{key}={str(spec)!r}: {unlabeled} samples have no label (the index {index_path!r} "
+                         "counts them): make the shards from class folders to train with labels.")
+
+
 def build_train_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, rank: int, world_size: int,
-                       seed: int, pin_memory: bool = False) -> MapStyleTrainLoader | WdsTrainLoader:
+                       seed: int, pin_memory: bool = False, labels: bool = False
+                       ) -> MapStyleTrainLoader | WdsTrainLoader | TokenTrainLoader:
     """The endless training loader of ``data.name`` for this rank: iterate for float ``b 3 H W`` batches in [-1, 1].
 
+    ``labels=True``: each batch is ``(images b 3 H W float, labels b int64)``: the sorted class-folder index
+    (``imagenet_folder``; loose images are refused), the ``.cls`` field (``imagenet_wds``), or the index of the photo
+    in ``data.train_photos`` (``sample``). ``data=tokens`` always yields ``(indices b n int64, labels b int64)``.
     ``data_cfg`` is the typed ``data`` group (a composed node or a dict is checked first). The object has
     ``epoch_size`` (batches per epoch, equal on every rank, also ``len()``), ``state_dict()``, ``load_state_dict()``
     and ``stats()``. ``pin_memory=True`` (CUDA runs) returns page-locked batches for ``.to(device,
@@ -66,29 +83,40 @@ def build_train_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int
     """
     data = data_config(data_cfg)
     common = dict(batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, pin_memory=pin_memory)
+    if isinstance(data, TokenDataConfig):
+        return TokenTrainLoader(read_token_split(data.train_index, "data.train_index"), **common)
     if isinstance(data, SampleDataConfig):  # the bundled photos are never skipped
         source = SampleTrain(list(data.train_photos), data.image_size, data.epoch_crops,
                              tuple(float(v) for v in data.crop_scale), data.hflip)
         return MapStyleTrainLoader(source, num_workers=data.num_workers, name=data.name, where="data=sample",
-                                   policy=SkipPolicy(), **common)
+                                   policy=SkipPolicy(), labels=labels, **common)
     policy = SkipPolicy(float(data.max_skip_rate), data.skip_window)
     if isinstance(data, FolderDataConfig):
         listing = scan_image_folder(str(data.train_dir), "data.train_dir")
+        if labels:
+            listing.require_labels("data.train_dir")
         source = FolderTrain(listing, data.image_size, data.hflip, data.jpeg_draft, _image_limits(data))
         return MapStyleTrainLoader(source, num_workers=data.num_workers, name=data.name,
-                                   where=f"data.train_dir={str(data.train_dir)!r}", policy=policy, **common)
+                                   where=f"data.train_dir={str(data.train_dir)!r}", policy=policy, labels=labels,
+                                   **common)
     urls = expand_shards(data.shards)
+    if labels:
+        _require_labelled_shards(data.index_path, "shards", data.shards)
     counts, total = _wds_counts(data, urls)
     return WdsTrainLoader(urls, counts=counts, total_samples=total, image_size=data.image_size, hflip=data.hflip,
                           draft=data.jpeg_draft, limits=_image_limits(data), shuffle_buffer=data.shuffle_buffer,
                           shard_shuffle=data.shard_shuffle, num_workers=data.num_workers,
-                          where=f"data.shards={str(data.shards)!r}", policy=policy, **common)
+                          where=f"data.shards={str(data.shards)!r}", policy=policy, labels=labels, **common)
 
 
 def build_val_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, rank: int, world_size: int,
-                     max_images: int | None = None, pin_memory: bool = False) -> MapStyleValLoader | WdsValLoader:
+                     max_images: int | None = None, pin_memory: bool = False, labels: bool = False
+                     ) -> MapStyleValLoader | WdsValLoader | TokenValLoader:
     """The ordered validation loader (centre crops, float ``b 3 H W``): one pass, each image once across ranks.
 
+    ``labels=True``: batches are ``(images, labels b int64)`` (see :func:`build_train_loader`); for ``data=sample``
+    the labelled val set is ``data.val_crops`` held-out crops of the *training* photos (a fixed seed of its own),
+    since the val photos are no class of the training ones. ``data=tokens`` always yields ``(indices, labels)``.
     ``max_images`` picks a fixed subset (the same on every call). The object has ``stats()`` with the skip counts.
     Raises :class:`NoValidationSetError` when the config has none (check :func:`has_validation_set` first).
     """
@@ -97,14 +125,24 @@ def build_val_loader(data_cfg: DataConfig | Mapping[str, Any], batch_size: int, 
         key = VAL_KEYS[data.name]
         raise NoValidationSetError(f"data.{key} is null, so data={data.name} has no validation set: set data.{key} "
                                    "to one to evaluate.")
+    if isinstance(data, TokenDataConfig):
+        return TokenValLoader(read_token_split(data.val_index, "data.val_index"), batch_size=batch_size, rank=rank,
+                              world_size=world_size, max_images=max_images)
     common = dict(batch_size=batch_size, rank=rank, world_size=world_size, max_images=max_images,
-                  num_workers=data.num_workers, pin_memory=pin_memory)
-    if isinstance(data, SampleDataConfig):
-        source = SampleVal(list(data.val_photos), data.image_size, data.val_crops,
-                           tuple(float(v) for v in data.crop_scale))
+                  num_workers=data.num_workers, pin_memory=pin_memory, labels=labels)
+    crop_scale = tuple(float(v) for v in data.crop_scale) if isinstance(data, SampleDataConfig) else None
+    if isinstance(data, SampleDataConfig) and labels:
+        source = SampleVal(list(data.train_photos), data.image_size, data.val_crops, crop_scale, LABELLED_VAL_SEED)
         return MapStyleValLoader(source, name=data.name, **common)
+    if isinstance(data, SampleDataConfig):
+        return MapStyleValLoader(SampleVal(list(data.val_photos), data.image_size, data.val_crops, crop_scale),
+                                 name=data.name, **common)
     if isinstance(data, FolderDataConfig):
         listing = scan_image_folder(str(data.val_dir), "data.val_dir")
+        if labels:
+            listing.require_labels("data.val_dir")
         return MapStyleValLoader(FolderVal(listing, data.image_size, _image_limits(data)), name=data.name, **common)
+    if labels:
+        _require_labelled_shards(default_index_path(data.val_shards), "val_shards", data.val_shards)
     return WdsValLoader(expand_shards(data.val_shards), image_size=data.image_size, limits=_image_limits(data),
                         **common)

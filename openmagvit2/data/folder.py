@@ -39,6 +39,14 @@ class FolderListing:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def require_labels(self, key: str) -> None:
+        """Refuse (``ValueError``, one line naming ``key``) a folder with images outside class folders."""
+        unlabeled = sum(1 for label in self.labels if label == UNLABELED)
+        if unlabeled:
+            first = next(path for path, label in zip(self.paths, self.labels) if label == UNLABELED)
+            raise ValueError(f"{key}={self.root!r} has {unlabeled} images outside class folders (e.g. {first!r}), "
+                             "which have no label: move them into <class>/ sub-folders to train with labels.")
+
 
 def _images_below(directory: str) -> list[str]:
     found = []
@@ -95,9 +103,9 @@ class FolderTrain:
     def __len__(self) -> int:
         return len(self.listing)
 
-    def train_item(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+    def train_item(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         image = decode_image(os.path.join(self.listing.root, self.listing.paths[index]), self.draft_size, self.limits)
-        return train_transform(image, self.image_size, rng, self.hflip)
+        return train_transform(image, self.image_size, rng, self.hflip), self.listing.labels[index]
 
     def describe(self, index: int) -> str:
         return os.path.join(self.listing.root, self.listing.paths[index])
@@ -114,9 +122,9 @@ class FolderVal:
     def __len__(self) -> int:
         return len(self.listing)
 
-    def val_item(self, index: int) -> torch.Tensor:
+    def val_item(self, index: int) -> tuple[torch.Tensor, int]:
         image = decode_image(os.path.join(self.listing.root, self.listing.paths[index]), limits=self.limits)
-        return val_transform(image, self.image_size)
+        return val_transform(image, self.image_size), self.listing.labels[index]
 
     def describe(self, index: int) -> str:
         return os.path.join(self.listing.root, self.listing.paths[index])

@@ -1,9 +1,10 @@
 """The loader contract: one resumable training-loader base (map-style and shard loaders), the map-style loaders, and
 the counted val pass.
 
-A *train source* is anything with ``__len__``, ``train_item(index, rng) -> uint8 3 h w`` (raising an
-:class:`UnusableImageError` for a file it cannot use) and ``describe(index) -> str``; a *val source* has ``__len__``,
-``val_item(index)`` and ``describe``. The loaders here turn them into the batches the trainer and eval code consume.
+A *train source* is anything with ``__len__``, ``train_item(index, rng) -> (uint8 3 h w, label)`` (raising an
+:class:`UnusableImageError` for a file it cannot use; label -1 = unlabeled) and ``describe(index) -> str``; a *val
+source* has ``__len__``, ``val_item(index) -> (uint8 3 h w, label)`` and ``describe``. The loaders here turn them into
+the batches the trainer and eval code consume: float images, or ``(images, labels int64)`` with ``labels=True``.
 
 Determinism (map-style): the order of an epoch is a permutation drawn from (seed, epoch); the crop of each sample from
 (seed, epoch, sample index). Workers only execute; they hold no randomness. So the batches are a function of
@@ -82,12 +83,14 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 class ResumableLoader:
-    """Epoch, position and skip bookkeeping shared by the training loaders; iterate for float ``b 3 h w`` in [-1, 1].
+    """Epoch, position and skip bookkeeping shared by the training loaders; iterate for float ``b 3 h w`` in [-1, 1]
+    (or ``(images, labels b int64)`` when a subclass delivers labels).
 
-    A subclass yields ``(uint8 images, Skips)`` for the rest of the current epoch from :meth:`_rest_of_epoch`
-    (from ``self.epoch`` and ``self.position``) and may extend :meth:`state_dict` / :meth:`_restore_stream`. The
-    base counts, logs and checks the skips, advances the position and the epoch, and saves and restores it all.
-    Iterate one iterator at a time: the position lives in the loader.
+    A subclass yields ``(batch, Skips)`` for the rest of the current epoch from :meth:`_rest_of_epoch` (from
+    ``self.epoch`` and ``self.position``), where ``batch`` is uint8 images or an ``(images, labels)`` tuple, and may
+    extend :meth:`state_dict` / :meth:`_restore_stream`, and :meth:`_output` (the model-range conversion). The base
+    counts, logs and checks the skips, advances the position and the epoch, and saves and restores it all. Iterate
+    one iterator at a time: the position lives in the loader.
     """
 
     # Settings that must match the checkpoint's for an exact resume (a subclass may add its own).
@@ -119,12 +122,17 @@ class ResumableLoader:
     def _rest_of_epoch(self) -> Iterable[tuple[torch.Tensor, Skips]]:
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def _output(self, images: torch.Tensor) -> torch.Tensor:
+        """What the trainer receives for a uint8 batch: float ``b 3 h w`` in [-1, 1]."""
+        return to_model_range(images, self.pin_memory)
+
+    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         while True:
-            for images, skips in self._rest_of_epoch():
+            for batch, skips in self._rest_of_epoch():
+                images, labels = batch if isinstance(batch, tuple) else (batch, None)
                 self._record(skips, len(images))
                 self.position += 1
-                yield to_model_range(images, self.pin_memory)
+                yield self._output(images) if labels is None else (self._output(images), labels)
             self._end_epoch()
 
     def _record(self, skips: Skips, delivered: int) -> None:
@@ -209,7 +217,7 @@ class ResumableLoader:
 class TrainSource(Protocol):
     def __len__(self) -> int: ...
 
-    def train_item(self, index: int, rng: np.random.Generator) -> torch.Tensor: ...
+    def train_item(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]: ...
 
     def describe(self, index: int) -> str: ...
 
@@ -217,13 +225,14 @@ class TrainSource(Protocol):
 class ValSource(Protocol):
     def __len__(self) -> int: ...
 
-    def val_item(self, index: int) -> torch.Tensor: ...
+    def val_item(self, index: int) -> tuple[torch.Tensor, int]: ...
 
     def describe(self, index: int) -> str: ...
 
 
 class _TrainItems(Dataset):
-    """Worker-side view: ``dataset[(epoch, index)]`` -> (uint8 ``3 h w``, the unusable files replaced on the way)."""
+    """Worker-side view: ``dataset[(epoch, index)]`` -> ((uint8 ``3 h w``, label), the unusable files replaced on the
+    way)."""
 
     def __init__(self, source: TrainSource, seed: int):
         self.source = source
@@ -232,7 +241,7 @@ class _TrainItems(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Skips]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[tuple[torch.Tensor, int], Skips]:
         epoch, index = key
         skips = Skips()
         current = index
@@ -249,11 +258,13 @@ class _TrainItems(Dataset):
                         f"last: {skips.messages[-1][1]}): check the files under the configured data directory.")
 
 
-def _collate_train(items: list[tuple[torch.Tensor, Skips]]) -> tuple[torch.Tensor, Skips]:
+def _collate_train(items: list[tuple[tuple[torch.Tensor, int], Skips]]) -> tuple[tuple[torch.Tensor, torch.Tensor],
+                                                                                  Skips]:
     skips = Skips()
     for _, item_skips in items:
         skips.merge(item_skips)
-    return torch.stack([image for image, _ in items]), skips
+    images = torch.stack([image for (image, _), _ in items])
+    return (images, torch.tensor([label for (_, label), _ in items], dtype=torch.int64)), skips
 
 
 class MapStyleTrainLoader(ResumableLoader):
@@ -267,7 +278,7 @@ class MapStyleTrainLoader(ResumableLoader):
 
     def __init__(self, source: TrainSource, *, batch_size: int, rank: int, world_size: int, seed: int,
                  num_workers: int, name: str, where: str, policy: SkipPolicy = SkipPolicy(),
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, labels: bool = False):
         self.per_rank = len(source) // world_size
         epoch_size = self.per_rank // batch_size
         if epoch_size == 0:
@@ -277,6 +288,7 @@ class MapStyleTrainLoader(ResumableLoader):
                          epoch_size=epoch_size, policy=policy, pin_memory=pin_memory)
         self.source = source
         self.num_workers = num_workers
+        self.labels = labels
 
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         """This rank's batches of ``epoch`` as lists of ``(epoch, sample index)`` keys."""
@@ -286,11 +298,13 @@ class MapStyleTrainLoader(ResumableLoader):
         return [[(epoch, int(i)) for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
                 for b in range(self.epoch_size)]
 
-    def _rest_of_epoch(self) -> Iterable[tuple[torch.Tensor, Skips]]:
+    def _rest_of_epoch(self) -> Iterable[tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], Skips]]:
         # A new DataLoader (and new workers) per epoch: its batch list is the epoch's. Worker start-up is seconds
         # against an epoch of minutes to hours, and persistent workers would buy nothing for this exactness.
-        return DataLoader(_TrainItems(self.source, self.seed), batch_sampler=self.epoch_batches(self.epoch)[
+        loader = DataLoader(_TrainItems(self.source, self.seed), batch_sampler=self.epoch_batches(self.epoch)[
             self.position :], num_workers=self.num_workers, collate_fn=_collate_train)
+        for (images, labels), skips in loader:
+            yield ((images, labels) if self.labels else images), skips
 
 
 def val_subset(num_images: int, max_images: int | None) -> np.ndarray:
@@ -303,7 +317,7 @@ def val_subset(num_images: int, max_images: int | None) -> np.ndarray:
 
 
 class _ValItems(Dataset):
-    """Worker-side view of a val source: ``dataset[i]`` -> (uint8 ``3 h w`` or None if unusable, its Skips)."""
+    """Worker-side view of a val source: ``dataset[i]`` -> (uint8 ``3 h w`` or None if unusable, label, its Skips)."""
 
     def __init__(self, source: ValSource, indices: Sequence[int]):
         self.source = source
@@ -312,45 +326,57 @@ class _ValItems(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor | None, Skips]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor | None, int, Skips]:
         index = int(self.indices[position])
         skips = Skips()
         try:
-            return self.source.val_item(index), skips
+            return (*self.source.val_item(index), skips)
         except UnusableImageError as error:
             skips.add(error, self.source.describe(index))
-            return None, skips
+            return None, -1, skips
 
 
-def collate_val(items: list[tuple[torch.Tensor | None, Skips]]) -> tuple[torch.Tensor | None, Skips]:
+ValBatch = tuple[torch.Tensor | None, torch.Tensor | None, Skips]
+
+
+def collate_val(items: list[tuple[torch.Tensor | None, int, Skips]]) -> ValBatch:
+    """(uint8 images or None, int64 labels or None, Skips) of the usable items, in order."""
     skips = Skips()
-    for _, item_skips in items:
+    for _, _, item_skips in items:
         skips.merge(item_skips)
-    images = [image for image, _ in items if image is not None]
-    return (torch.stack(images) if images else None), skips
+    kept = [(image, label) for image, label, _ in items if image is not None]
+    if not kept:
+        return None, None, skips
+    return (torch.stack([image for image, _ in kept]), torch.tensor([label for _, label in kept], dtype=torch.int64),
+            skips)
 
 
 class CountedValPass:
-    """One pass over ``(uint8 images or None, Skips)`` batches: yields model-range floats, logs and counts the
-    unusable images skipped (no cap: the pass reports its image count). Shared by the map-style and shard val
-    loaders."""
+    """One pass over ``(uint8 images or None, labels or None, Skips)`` batches: yields model-range floats (or
+    ``(images, labels int64)`` when ``labels`` is set), logs and counts the unusable images skipped (no cap: the pass
+    reports its image count). Shared by the map-style and shard val loaders."""
 
     name: str
     pin_memory = False
+    labels = False
     _counts: dict[str, int] = {}
     _yielded = 0
 
-    def _counted(self, batches: Iterable[tuple[torch.Tensor | None, Skips]]) -> Iterator[torch.Tensor]:
+    def _counted(self, batches: Iterable[ValBatch]) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         self._counts = dict.fromkeys(SKIP_COUNTERS, 0)
         self._yielded = 0
-        for images, skips in batches:
+        for images, labels, skips in batches:
             for counter, message in skips.messages:
                 log.warning("data=%s: skipped a val image (%s): %s", self.name, counter, message)
             for counter, count in skips.counts.items():
                 self._counts[counter] += count
             if images is not None:
+                if self.labels and bool((labels < 0).any()):
+                    raise DataError(f"data={self.name}: a validation image has no label (an image outside class "
+                                    "folders, or a sample without .cls): use a labelled validation set.")
                 self._yielded += len(images)
-                yield to_model_range(images, self.pin_memory)
+                floats = to_model_range(images, self.pin_memory)
+                yield (floats, labels) if self.labels else floats
 
     def stats(self) -> dict:
         """``{"images": n yielded in the last pass, <skip counter>: n skipped in it, ...}`` for this rank."""
@@ -365,8 +391,9 @@ class MapStyleValLoader(CountedValPass):
     """
 
     def __init__(self, source: ValSource, *, batch_size: int, rank: int, world_size: int, num_workers: int,
-                 max_images: int | None, name: str, pin_memory: bool = False):
+                 max_images: int | None, name: str, pin_memory: bool = False, labels: bool = False):
         self.source = source
+        self.labels = labels
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.name = name

@@ -156,7 +156,8 @@ def _write_shard_star(arguments: tuple[ShardTask, str, str, bool]) -> ShardResul
 class _Progress:
     """A rich progress bar on a terminal, a plain line every ~5% otherwise (cluster job logs)."""
 
-    def __init__(self, total_images: int, done_images: int):
+    def __init__(self, total_images: int, done_images: int, task: str = "writing shards", tag: str = "make_shards"):
+        self.tag = tag
         self.total = total_images
         self.done = done_images
         self.started = time.monotonic()
@@ -167,7 +168,7 @@ class _Progress:
 
             self.bar = Progress(transient=False)
             self.bar.start()
-            self.task = self.bar.add_task("writing shards", total=total_images, completed=done_images)
+            self.task = self.bar.add_task(task, total=total_images, completed=done_images)
 
     def advance(self, images: int) -> None:
         self.done += images
@@ -178,7 +179,7 @@ class _Progress:
         if percent >= self.last_percent + 5 or self.done == self.total:
             self.last_percent = percent
             rate = self.done / max(1e-9, time.monotonic() - self.started)
-            print(f"[make_shards] {self.done}/{self.total} images ({percent}%), {rate:.0f} images/s", flush=True)
+            print(f"[{self.tag}] {self.done}/{self.total} images ({percent}%), {rate:.0f} images/s", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

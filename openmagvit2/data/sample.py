@@ -4,6 +4,11 @@ scikit-image ships a handful of colour photographs in its wheel (``skimage/data/
 Training crops come from the training photos; the validation crops come from *held-out* photos, so the demo's
 PSNR is measured on images the model never trained on. An epoch is a fixed number of crops (``data.epoch_crops``).
 
+Labels (``labels=True``, class-conditional Stage II): a crop's label is the index of its photo in
+``data.train_photos``. The held-out val photo is no class of those, so a *labelled* validation set is made of
+held-out crops of the training photos instead: ``data.val_crops`` crops drawn with a fixed seed of their own
+(:data:`LABELLED_VAL_SEED`), which training never uses (training crops come from the run's seed).
+
 Each crop is a random square whose side is a random fraction (``data.crop_scale``) of the photo's short side,
 resized to ``data.image_size`` (bilinear, antialiased): random-resized-crop style scale jitter, so that a 64 px
 demo sees both fine texture and whole objects.
@@ -50,6 +55,8 @@ PHOTOS: dict[str, Callable[[], np.ndarray]] = {
 
 # Fixed seed of the validation crops: the val set must not change with the training seed.
 VAL_SEED = 20240601
+# Fixed seed of the labelled validation crops (of the training photos; see the module docstring).
+LABELLED_VAL_SEED = 20240602
 
 
 def check_photo_names(train_photos: Sequence[str], val_photos: Sequence[str]) -> None:
@@ -105,19 +112,25 @@ class SampleTrain:
     def __len__(self) -> int:
         return self.epoch_crops
 
-    def train_item(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        """The crop for one slot of the epoch; which photo and where both come from ``rng``."""
-        photo = self.photos[int(rng.integers(len(self.photos)))]
-        return random_resized_crop(photo, self.image_size, self.crop_scale, rng, self.hflip)
+    def train_item(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        """The crop for one slot of the epoch and its label (the photo's index); photo and place come from ``rng``."""
+        label = int(rng.integers(len(self.photos)))
+        return random_resized_crop(self.photos[label], self.image_size, self.crop_scale, rng, self.hflip), label
 
     def describe(self, index: int) -> str:
         return f"sample crop {index}"
 
 
 class SampleVal:
-    """A fixed set of ``val_crops`` crops of the held-out photos (same crop distribution, fixed seed, no flip)."""
+    """A fixed set of ``val_crops`` crops of ``photos`` (same crop distribution, fixed seed, no flip); crop ``i``
+    comes from photo ``i % len(photos)``, which is its label.
 
-    def __init__(self, photos: Sequence[str], image_size: int, val_crops: int, crop_scale: tuple[float, float]):
+    The unlabelled val set is the held-out photos with :data:`VAL_SEED`; the labelled one the training photos with
+    :data:`LABELLED_VAL_SEED`."""
+
+    def __init__(self, photos: Sequence[str], image_size: int, val_crops: int, crop_scale: tuple[float, float],
+                 seed: int = VAL_SEED):
+        self.seed = seed
         self.names = list(photos)
         self.photos = load_photos(self.names)
         self.image_size = image_size
@@ -127,10 +140,16 @@ class SampleVal:
     def __len__(self) -> int:
         return self.val_crops
 
-    def val_item(self, index: int) -> torch.Tensor:
-        rng = sample_rng(VAL_SEED, index)
-        photo = self.photos[index % len(self.photos)]
-        return random_resized_crop(photo, self.image_size, self.crop_scale, rng, hflip=False)
+    def val_item(self, index: int) -> tuple[torch.Tensor, int]:
+        label, image = self.val_photo_crop(index)
+        return image, label
+
+    def val_photo_crop(self, index: int, size: int | None = None) -> tuple[int, torch.Tensor]:
+        """(label, uint8 ``3 size size`` crop) of item ``index``; ``size`` defaults to ``image_size``."""
+        rng = sample_rng(self.seed, index)
+        label = index % len(self.photos)
+        return label, random_resized_crop(self.photos[label], size or self.image_size, self.crop_scale, rng,
+                                          hflip=False)
 
     def describe(self, index: int) -> str:
         return f"sample val crop {index}"

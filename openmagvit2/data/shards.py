@@ -99,6 +99,11 @@ def has_label(sample: dict) -> bool:
     return "cls" in sample
 
 
+def sample_label(sample: dict) -> int:
+    """The class index stored in a sample's ``.cls`` field; -1 when it has none (unlabeled)."""
+    return int(sample["cls"]) if "cls" in sample else -1
+
+
 def sample_name(sample: dict) -> str:
     return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
 

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .decode import ImageLimits, UnusableImageError, decode_image
 from .loaders import (MAX_CONSECUTIVE_SKIPS, CountedValPass, DataError, ResumableLoader, SkipPolicy, Skips,
                       collate_val, describe_counts)
-from .shards import has_label, image_bytes, iter_shard, read_segments, sample_name
+from .shards import image_bytes, iter_shard, read_segments, sample_label, sample_name
 from .transforms import Stream, sample_rng, train_transform, val_transform
 
 NUMBER = "__number__"  # sample field added by the stream: 1-based count of encoded samples this reader has pulled
@@ -87,7 +87,8 @@ def _collate_train(samples: list[dict]) -> tuple[torch.Tensor, dict]:
     for sample in samples:
         skips.merge(sample["skips"])
     meta = {"pulled": samples[-1][NUMBER], "skips": skips,
-            "missing_label": sum(0 if sample["labelled"] else 1 for sample in samples)}
+            "missing_label": sum(0 if sample["label"] >= 0 else 1 for sample in samples),
+            "labels": torch.tensor([sample["label"] for sample in samples], dtype=torch.int64)}
     return torch.stack([sample["image"] for sample in samples]), meta
 
 
@@ -162,7 +163,7 @@ class _TrainStream(IterableDataset):
             consecutive = 0
             rng = sample_rng(self.seed, Stream.STREAM_CROP, self.epoch, self.rank, reader, sample[NUMBER])
             yield {"image": train_transform(image, self.image_size, rng, self.hflip), NUMBER: sample[NUMBER],
-                   "labelled": has_label(sample), "skips": skips}
+                   "label": sample_label(sample), "skips": skips}
             skips = Skips()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
@@ -197,7 +198,8 @@ class WdsTrainLoader(ResumableLoader):
     def __init__(self, urls: list[str], *, counts: list[int] | None, total_samples: int, image_size: int,
                  hflip: bool, draft: bool, shuffle_buffer: int, shard_shuffle: bool, batch_size: int, rank: int,
                  world_size: int, seed: int, num_workers: int, where: str = "data.shards",
-                 limits: ImageLimits = ImageLimits(), policy: SkipPolicy = SkipPolicy(), pin_memory: bool = False):
+                 limits: ImageLimits = ImageLimits(), policy: SkipPolicy = SkipPolicy(), pin_memory: bool = False,
+                 labels: bool = False):
         self.num_readers = max(1, num_workers)
         slots = world_size * self.num_readers
         if counts is None and len(urls) < slots:
@@ -221,6 +223,7 @@ class WdsTrainLoader(ResumableLoader):
                              shuffle_buffer=shuffle_buffer, shard_shuffle=shard_shuffle)
         self.offsets = [0] * self.num_readers
         self.counters["missing_label"] = 0
+        self.labels = labels
 
     def _rest_of_epoch(self) -> Iterator[tuple[torch.Tensor, Skips]]:
         stream = _TrainStream(self.urls, self.counts, seed=self.seed, rank=self.rank, world_size=self.world_size,
@@ -236,7 +239,10 @@ class WdsTrainLoader(ResumableLoader):
                 raise RuntimeError(f"data stream out of order: got batch {meta['batch']}, expected {self.position}")
             self.offsets[meta["reader"]] = meta["pulled"]
             self.counters["missing_label"] += meta["missing_label"]
-            yield images, meta["skips"]
+            if self.labels and meta["missing_label"]:
+                raise DataError(f"{self.where}: a sample without a label (.cls) on rank {self.rank} while training "
+                                "with labels: re-create the shards from class folders (make_shards).")
+            yield ((images, meta["labels"]) if self.labels else images), meta["skips"]
         self.offsets = [0] * self.num_readers
 
     def state_dict(self) -> dict:
@@ -267,10 +273,10 @@ def _val_decoded(samples: Iterable[dict], image_size: int, limits: ImageLimits) 
         except UnusableImageError as error:
             skips.add(error, sample_name(sample))
             continue
-        yield val_transform(image, image_size), skips
+        yield val_transform(image, image_size), sample_label(sample), skips
         skips = Skips()
     if skips.total:
-        yield None, skips
+        yield None, -1, skips
 
 
 class WdsValLoader(CountedValPass):
@@ -280,7 +286,8 @@ class WdsValLoader(CountedValPass):
 
     def __init__(self, urls: list[str], *, image_size: int, batch_size: int, rank: int, world_size: int,
                  num_workers: int, max_images: int | None, limits: ImageLimits = ImageLimits(),
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, labels: bool = False):
+        self.labels = labels
         quotas: list[int | None] = [None] * len(urls)
         if max_images is not None:
             if max_images <= 0:
