@@ -58,6 +58,19 @@ def subtoken_logs(logits: tuple[torch.Tensor, ...], losses: tuple[torch.Tensor, 
     return logs
 
 
+def check_data_fits(cfg: RunConfig) -> None:
+    """Refuse token data the AR model cannot read (another grid, more classes), before anything is built."""
+    if cfg.data.name != "tokens":
+        return
+    model, data = cfg.ar_model, cfg.data
+    if data.grid_size != model.grid_size:
+        raise ConfigError(f"the tokens in {data.train_index} are {data.grid_size}x{data.grid_size} per image but "
+                          f"ar_model.grid_size={model.grid_size}: set ar_model.grid_size={data.grid_size}.")
+    if data.num_classes > model.num_classes:
+        raise ConfigError(f"the tokens in {data.train_index} have {data.num_classes} classes but "
+                          f"ar_model.num_classes={model.num_classes}: set ar_model.num_classes={data.num_classes}.")
+
+
 class GeneratorTask:
     """Stage II: the AR model, its optimiser and scaler, the frozen tokenizer (sample grids, in-loop encoding)."""
 
@@ -83,6 +96,7 @@ class GeneratorTask:
         elif cfg.data.name != "tokens":
             raise ConfigError(f"task=generator with data={cfg.data.name} encodes images in the loop: set "
                               "task.tokenizer=<tokenizer checkpoint>, or train on token shards with data=tokens.")
+        check_data_fits(cfg)
         model = ARModel(**dataclasses.asdict(cfg.ar_model)).to(ctx.device)
         notes = []
         if fine_tune and cfg.train.init_from:
