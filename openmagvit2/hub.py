@@ -56,10 +56,10 @@ RELEASED: tuple[ReleasedFile, ...] = (
                  "tokenizer"),
     ReleasedFile("TencentARC/Open-MAGVIT2-Tokenizer-262144-Video", "video_128_262144.ckpt",
                  "openmagvit2_video_128", "lsb_first", "video_tokenizer"),
-    # The AR models: not loadable here until Stage II exists; listed so that their names resolve and download.
-    ReleasedFile("TencentARC/Open-MAGVIT2-AR-B-256-resolution", "AR_256_B.ckpt", None, None, "ar"),
-    ReleasedFile("TencentARC/Open-MAGVIT2-AR-L-256-resolution", "AR_256_L.ckpt", None, None, "ar"),
-    ReleasedFile("TencentARC/Open-MAGVIT2-AR-XL-256-resolution", "AR_256_XL.ckpt", None, None, "ar"),
+    # The AR models (conf/ar_model names); each file also holds the tokenizer it decodes with (first_stage_model.*).
+    ReleasedFile("TencentARC/Open-MAGVIT2-AR-B-256-resolution", "AR_256_B.ckpt", "ar_b", "lsb_first", "ar"),
+    ReleasedFile("TencentARC/Open-MAGVIT2-AR-L-256-resolution", "AR_256_L.ckpt", "ar_l", "lsb_first", "ar"),
+    ReleasedFile("TencentARC/Open-MAGVIT2-AR-XL-256-resolution", "AR_256_XL.ckpt", "ar_xl", "lsb_first", "ar"),
 )
 
 
@@ -130,7 +130,7 @@ def from_pretrained(name_or_path: str | os.PathLike[str], use_ema: bool = True, 
     """A tokenizer from a `save_pretrained` folder, a local checkpoint, or a released name (in eval mode).
 
     A released name loads the registry's architecture (and so its bit order) rather than guessing it from the keys;
-    the video repo gives a `VideoTokenizer`."""
+    the video repo gives a `VideoTokenizer`, an AR repo the `ARModel`."""
     from openmagvit2.models import Tokenizer, VideoTokenizer
 
     value = str(name_or_path)
@@ -140,9 +140,10 @@ def from_pretrained(name_or_path: str | os.PathLike[str], use_ema: bool = True, 
             return Tokenizer.from_pretrained(path, map_location=map_location)
         return Tokenizer.from_checkpoint(path, use_ema=use_ema, map_location=map_location)
     spec = lookup(value)
-    if spec.kind == "ar":
-        raise HubError(f"{PREFIX}{spec.name} is an autoregressive (Stage II) checkpoint, not a tokenizer; "
-                       f"resolve_hf('{PREFIX}{spec.name}') gives the file.")
+    if spec.kind == "ar":  # the AR model itself; its tokenizer: Tokenizer.from_checkpoint(resolve_hf(name))
+        from openmagvit2.generation import ARModel
+
+        return ARModel.from_checkpoint(resolve_hf(value), model=spec.model)
     model_class = VideoTokenizer if spec.kind == "video_tokenizer" else Tokenizer
     return model_class.from_checkpoint(resolve_hf(value), model=spec.model, use_ema=use_ema,
                                        map_location=map_location)

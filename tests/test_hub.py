@@ -14,7 +14,7 @@ import torch
 from test_checkpoint_loading import (REFERENCE_DETAILED, TINY_V3, assert_same_weights, released_checkpoint,
                                      seeded_tokenizer)
 
-from openmagvit2 import hub
+from openmagvit2 import Tokenizer, hub
 from openmagvit2.config import ConfigError, TrainConfig, model_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,21 @@ def test_eval_py_evaluates_a_released_name_from_the_offline_cache(tmp_path):
     assert saved["ckpt"] == f"hf://{REPO}" and saved["metrics"]["num_images"] == 4
 
 
-def test_an_ar_name_is_not_loaded_as_a_tokenizer(offline_cache):
-    with pytest.raises(hub.HubError, match="autoregressive .* resolve_hf"):
-        hub.from_pretrained("TencentARC/Open-MAGVIT2-AR-B-256-resolution")
+def test_an_ar_name_gives_the_ar_model_and_its_tokenizer(offline_cache, tmp_path, monkeypatch):
+    """A released AR file from the cache: `ARModel` with the registry's size, and the tokenizer embedded in it."""
+    from openmagvit2 import ARModel
+
+    ar_repo = "TencentARC/Open-MAGVIT2-AR-B-256-resolution"
+    ar_tiny = {"dim": 32, "num_heads": 2, "spatial_layers": 1, "factorized_layers": 1, "num_classes": 3,
+               "grid_size": 2, "ffn_multiple_of": 16}
+    model, tokenizer = ARModel(**ar_tiny), seeded_tokenizer(2)
+    state = {**{f"transformer.{k}": v for k, v in model.state_dict().items()},
+             **{f"first_stage_model.{k}": v for k, v in tokenizer.state_dict().items()}}
+    fake_hub_cache(tmp_path / "hf", ar_repo, "AR_256_B.ckpt", {"state_dict": state})
+    specs = [dataclasses.replace(spec, model=ar_tiny) if spec.repo_id == ar_repo else spec for spec in hub.RELEASED]
+    monkeypatch.setattr(hub, "RELEASED", tuple(specs))
+    loaded = hub.from_pretrained(ar_repo)
+    assert isinstance(loaded, ARModel) and torch.equal(loaded.state_dict()["head.0.weight"],
+                                                       model.state_dict()["head.0.weight"])
+    embedded = Tokenizer.from_checkpoint(hub.resolve_hf(ar_repo), model=TINY_V3, use_ema=False)
+    assert torch.equal(embedded.state_dict()["decoder.conv_out.weight"], tokenizer.state_dict()["decoder.conv_out.weight"])

@@ -116,9 +116,14 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Tokenizer:
-        """Load a folder written by `save_pretrained` (`config.json` + `model.safetensors`). Returns eval mode."""
+        """Load a folder written by `save_pretrained` (`config.json` + `model.safetensors`), or a released model by
+        name through the Hugging Face cache (`"TencentARC/Open-MAGVIT2-Tokenizer-256-resolution"`, `hf://...`;
+        `openmagvit2.hub`). Returns eval mode."""
+        from openmagvit2 import hub
         from openmagvit2.models.loading import load_pretrained
 
+        if hub.is_hub_name(str(directory)):
+            return hub.from_pretrained(str(directory), map_location=map_location)
         return load_pretrained(cls, directory, map_location=map_location)
 
     def save_pretrained(self, directory: str | Path) -> Path:
