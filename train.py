@@ -1,14 +1,18 @@
-"""Train a MAGVIT-2 tokenizer (encoder -> lookup-free quantizer -> decoder) against a PatchGAN discriminator.
+"""Train a MAGVIT-2 tokenizer against a PatchGAN discriminator (task=tokenizer), or the Stage II AR generator on its
+tokens (task=generator), in one loop.
 
     python train.py experiment=demo                                  # CPU, a few minutes
-    torchrun --nproc_per_node=8 train.py experiment=in256_large      # one node
+    python -m openmagvit2.launch.torchrun --standalone --nproc-per-node=8 train.py experiment=in256_large \
+        hydra.run.dir=runs/in256_large/one_node                     # one node; the same command resumes
     python -m openmagvit2.launch submit cluster=slurm_32gpu experiment=in256_large   # 32 GPUs under SLURM
+    python train.py experiment=ar_b data.root=<token dir> ...        # Stage II (tokens: python -m openmagvit2.tokenize)
     python train.py -m loss.perceptual_weight=0.1,1.0                # a Hydra multirun sweep
 
-The story, top to bottom: validate the config, set up processes, build data, models, losses and optimisers, resume
-if the run directory has a checkpoint, then for each batch one generator step and one discriminator step, with
-logging, images, evaluation and checkpoints on a fixed cadence. Pre-emption (SIGUSR1/SIGTERM) checkpoints and exits
-with code 75 so that the launcher requeues the job; the requeued job resumes here.
+The story, top to bottom: validate the config, set up processes, read a checkpoint to resume and compare its config,
+build the task (models, losses, optimisers) and the data, then for each batch the task's losses, one collective stop
+decision, the task's updates, and logging, images, evaluation and checkpoints on a fixed cadence. Pre-emption
+(SIGUSR1/SIGUSR2/SIGTERM, a first Ctrl-C) checkpoints at the step boundary and exits with code 75 so that the launcher
+requeues the job; the requeued job resumes here.
 """
 from __future__ import annotations
 
