@@ -334,10 +334,14 @@ def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
         check(not required, f"data.{key}", spec, f"a shard pattern: pass \"data.{key}='/path/{split}.tar'\" "
                                                  f"(or data.root=/path holding the shards)")
         return
+    if str(spec).endswith(".json") and not os.path.isfile(str(spec)):
+        raise ConfigError(f"data.{key}: no shard index at {str(spec)!r}: write the shards with `python -m "
+                          "openmagvit2.data.make_shards` (it puts <prefix>.json beside them), set data.root to their "
+                          "folder, or give a pattern like \"data.{key}='/path/train-{{000000..001281}}.tar'\".")
     try:
         urls = expand_shards(spec)
-    except ValueError as error:
-        raise ConfigError(f"data.{key}={spec!r} is not a valid shard pattern ({error}).") from None
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"data.{key}={spec!r} is not a valid shard pattern or index ({error}).") from None
     check(bool(urls), f"data.{key}", spec, "a pattern that names shards, like /path/train-{000000..001281}.tar")
     missing = missing_local_shards(urls)
     if missing:
@@ -354,8 +358,10 @@ class WdsDataConfig(FileDataConfig):
 
     name: str = "imagenet_wds"
     root: str = "${oc.env:IMAGENET_SHARDS,data/imagenet_shards}"
-    shards: str = "${.root}/train-{000000..001281}.tar"
-    val_shards: Optional[str] = "${.root}/val-{000000..000049}.tar"
+    # The index JSONs make_shards writes (they list the real shards, so data.root alone is enough), or brace patterns
+    # such as "'/d/train-{000000..001281}.tar'" (quoted on the command line: Hydra reads braces as a dict).
+    shards: str = "${.root}/train.json"
+    val_shards: Optional[str] = "${.root}/val.json"
     shards_index: Optional[str] = None  # null = <dir>/<prefix>.json next to the shards (written by make_shards)
     epoch_samples: Optional[int] = None  # samples per epoch over all ranks; null = the index's total
     shuffle_buffer: int = 1000  # encoded samples held per loader worker (~110 kB each for ImageNet JPEGs)

@@ -296,6 +296,27 @@ def test_shards_are_plain_deterministic_tars(shards):
 def test_shipped_config_names_the_missing_shards(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGENET_SHARDS", str(tmp_path / "nowhere"))
     cfg = compose_group("data", "imagenet_wds")
-    assert cfg.shards == str(tmp_path / "nowhere" / "train-{000000..001281}.tar")
+    assert cfg.shards == str(tmp_path / "nowhere" / "train.json")
+    with pytest.raises(ValueError, match=r"data\.shards: no shard index at .*nowhere/train\.json.*make_shards"):
+        data_config(cfg)
+    cfg.shards = str(tmp_path / "nowhere" / "train-{000000..001281}.tar")  # a pattern names each missing shard
     with pytest.raises(ValueError, match=r"data\.shards: shard .*train-000000\.tar.*1281 more"):
         data_config(cfg)
+
+
+def test_data_root_alone_reads_the_shards_the_index_lists(shards, monkeypatch):
+    """Your own shards: data.root is enough, however many shards make_shards wrote (the index lists them)."""
+    root, expected, index = shards
+    cfg = compose_group("data", "imagenet_wds")
+    cfg.root, cfg.val_shards, cfg.image_size, cfg.num_workers = str(root / "shards"), None, 8, 0
+    data = data_config(cfg)
+    loader = build_train_loader(data, 4, 0, 1, 0)
+    assert len(loader.urls) == len(index["shards"]) == 8 and loader.epoch_size == len(expected) // 4
+
+
+def test_make_shards_refuses_the_parent_of_the_splits(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split / "n01440764").mkdir(parents=True)
+        (tmp_path / "imagenet" / split / "n01440764" / "a.png").write_bytes(_flat_png(1))
+    with pytest.raises(ValueError, match=r"holds the splits train, val, which would become two classes"):
+        convert(str(tmp_path / "imagenet"), str(tmp_path / "shards"))

@@ -186,6 +186,9 @@ class _Progress:
             self.bar.stop()
 
 
+SPLIT_NAMES = {"train", "val", "validation", "test"}  # folder names that are splits of a data set, not classes
+
+
 def convert(src: str, out: str, prefix: str | None = None, shard_size: int = 1000, workers: int = 1,
             shuffle: bool = True, seed: int = 0, check: bool = True) -> dict:
     """Convert ``src`` into shards under ``out`` (resuming if possible) and return the index written next to them.
@@ -197,6 +200,11 @@ def convert(src: str, out: str, prefix: str | None = None, shard_size: int = 100
     src = os.path.abspath(src)
     prefix = prefix or os.path.basename(src.rstrip(os.sep))
     listing = scan_image_folder(src, "--src")
+    splits = sorted(SPLIT_NAMES & set(listing.classes))
+    if len(splits) >= 2:  # a parent of the splits: its "classes" would be train and val
+        raise ValueError(f"--src {src} holds the splits {', '.join(splits)}, which would become two classes: convert "
+                         f"each split on its own (--src {os.path.join(src, splits[-1])}, then the others), as "
+                         "`make shards SRC=...` does.")
     tasks = plan_shards(listing, prefix, shard_size, shuffle, seed)
     os.makedirs(out, exist_ok=True)
     plan_path = os.path.join(out, f"{prefix}.plan.json")

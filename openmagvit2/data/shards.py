@@ -34,11 +34,17 @@ def is_remote(url: str) -> bool:
 
 
 def expand_shards(spec: str | Sequence[str]) -> list[str]:
-    """Shard URLs from a brace pattern (``/d/train-{000000..001281}.tar``) or a list of them."""
+    """Shard URLs from an index JSON written by ``make_shards`` (``/d/train.json``: exactly the shards it lists, no
+    pattern to get right), a brace pattern (``/d/train-{000000..001281}.tar``), or a list of them."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
     for item in specs:
-        urls.extend(expand_urls(str(item)))
+        item = str(item)
+        if item.endswith(".json") and not is_remote(item):
+            directory = os.path.dirname(item)
+            urls.extend(os.path.join(directory, shard["name"]) for shard in read_index(item)["shards"])
+        else:
+            urls.extend(expand_urls(item))
     return urls
 
 
@@ -48,10 +54,13 @@ def missing_local_shards(urls: Sequence[str]) -> list[str]:
 
 
 def default_index_path(spec: str | Sequence[str]) -> str | None:
-    """Where ``make_shards`` put the index of these shards: ``<dir>/<prefix>.json`` for ``<dir>/<prefix>-{..}.tar``."""
+    """Where ``make_shards`` put the index of these shards: ``<dir>/<prefix>.json`` for ``<dir>/<prefix>-{..}.tar``
+    (an index given as the spec is its own index)."""
     first = spec if isinstance(spec, str) else (spec[0] if len(spec) else "")
     if not first:
         return None
+    if str(first).endswith(".json"):
+        return str(first)
     directory, name = os.path.split(str(first))
     prefix = re.split(r"[{]|-?\d{4,}\.tar$", name)[0].rstrip("-_.")
     return os.path.join(directory, f"{prefix}.json") if prefix else None
