@@ -31,6 +31,7 @@ from openmagvit2.errors import ConfigError
 from openmagvit2.eval.runner import AUTOCAST_DTYPES
 from openmagvit2.io.safe_load import CheckpointError
 from openmagvit2.paths import conf_dir
+from openmagvit2.train.distributed import barrier
 
 log = logging.getLogger("openmagvit2.sample")
 
@@ -135,12 +136,10 @@ def output_dir(cfg: DictConfig, ctx: Any) -> Path:
         return Path(cfg.out)
     from hydra.core.hydra_config import HydraConfig
 
-    chosen = [HydraConfig.get().runtime.output_dir]
-    if ctx.is_distributed:
-        import torch.distributed as dist
+    from openmagvit2.train.distributed import agree_on_run_dir
 
-        dist.broadcast_object_list(chosen, src=0)  # ${now:...} may differ by a second between ranks
-    return Path(chosen[0])
+    # ${now:...} may differ by a second between ranks: rank 0's choice
+    return agree_on_run_dir(Path(HydraConfig.get().runtime.output_dir), ctx)
 
 
 def save_grid(out: Path, world_size: int, per_class: int, num_rows: int, per_row: int) -> Path | None:
@@ -194,10 +193,7 @@ def run(cfg: DictConfig) -> Path | None:
             sample_to_npz(model, tokenizer, out, classes=range(num_classes), per_class=per_class,
                           batch_size=int(cfg.batch_size), rank=ctx.rank, world_size=ctx.world_size,
                           seed=int(cfg.seed), on_batch=progress, **knobs)
-        if ctx.is_distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
+        barrier(ctx)
         if not ctx.is_main:
             return None
         path = combine_npz(out, ctx.world_size, shuffle_seed=SHUFFLE_SEED)

@@ -103,11 +103,6 @@ def encode_chunk(tokenizer: torch.nn.Module, chunk: Chunk, *, size: int, crops: 
     return rows, skipped
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Tokenize ``cfg.split`` of ``cfg.data`` into ``cfg.out``; returns the index (on every rank, after the last
     shard is written)."""
@@ -123,7 +118,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(str(error)) from None
 
     from openmagvit2.models import Tokenizer
-    from openmagvit2.train.distributed import init_distributed, shutdown_distributed
+    from openmagvit2.train.distributed import barrier, init_distributed, shutdown_distributed
 
     ckpt = os.path.abspath(str(cfg.ckpt))
     model = None if cfg.get("model") is None else str(cfg.model)
@@ -177,7 +172,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finally:
             if progress is not None:
                 progress.close()
-        _barrier()
+        barrier(ctx)
         index_path = out / f"{split}.json"
         if ctx.is_main:
             index = build_index(out, split, plan, tokenizer_info, size, crops, flip, data.name)
@@ -187,7 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(f"[tokenize] {index['images']} images, {index['samples']} samples ({index['variants_per_image']} "
                   f"per image), {index['skipped']} unusable images skipped, in {len(index['shards'])} shards: "
                   f"{out}/{split}-{{000000..{len(index['shards']) - 1:06d}}}.tar, index {index_path}", flush=True)
-        _barrier()
+        barrier(ctx)
         return json.loads(index_path.read_text())
     finally:
         shutdown_distributed()
