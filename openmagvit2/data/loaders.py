@@ -19,6 +19,7 @@ set, not a few bad files.
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -82,7 +83,7 @@ def describe_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[key]} {key}" for key in SKIP_COUNTERS if counts.get(key)) or "none"
 
 
-class ResumableLoader:
+class ResumableLoader(abc.ABC):
     """Epoch, position and skip bookkeeping shared by the training loaders; iterate for float ``b 3 h w`` in [-1, 1]
     (or ``(images, labels b int64)`` when a subclass delivers labels).
 
@@ -119,8 +120,9 @@ class ResumableLoader:
     def __len__(self) -> int:
         return self.epoch_size
 
+    @abc.abstractmethod
     def _rest_of_epoch(self) -> Iterable[tuple[torch.Tensor, Skips]]:
-        raise NotImplementedError
+        """This epoch's remaining batches from `self.position` on, each with the skips met while making it."""
 
     def _output(self, images: torch.Tensor) -> torch.Tensor:
         """What the trainer receives for a uint8 batch: float ``b 3 h w`` in [-1, 1]."""
