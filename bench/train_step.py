@@ -55,7 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import openmagvit2.models.quantizer as quantizer_module  # noqa: E402
 from openmagvit2.config import validate_config  # noqa: E402
@@ -63,6 +63,7 @@ from openmagvit2.data import build_train_loader  # noqa: E402
 from openmagvit2.losses import TokenizerLoss, build_discriminator  # noqa: E402
 from openmagvit2.models import Tokenizer  # noqa: E402
 from openmagvit2.models.entropy import codebook_signs, entropy_terms  # noqa: E402
+from openmagvit2.models.loading import describe_architecture, matching_architectures  # noqa: E402
 from openmagvit2.train.precision import Precision  # noqa: E402
 from openmagvit2.train.step import build_gan_training, training_step  # noqa: E402
 from train import seed_everything  # noqa: E402
@@ -438,7 +439,9 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(report, indent=1) + "\n")
 
     base_cfg = compose_config(args, [])
-    report["model"] = str(base_cfg.model.name)
+    # The shipped model config with this architecture (the schema has no `name` key; the file name is the name).
+    architecture = OmegaConf.to_container(base_cfg.model, resolve=True)
+    report["model"] = (matching_architectures(architecture) or [describe_architecture(architecture)])[0]
     report["recipe_precision"] = str(base_cfg.train.precision)
     loader = build_train_loader(base_cfg.data, base_cfg.train.batch_size, 0, 1, base_cfg.seed)
     images = next(iter(loader)).to(device)

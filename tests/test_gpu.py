@@ -80,7 +80,7 @@ def test_lfq_on_the_device_equals_the_cpu(device) -> None:
     z = torch.randn(8, bits, 16, 16, generator=generator) * 0.05
     results = []
     for where in (torch.device("cpu"), device):
-        quantizer = LFQ(bits, entropy_temperature=0.01, entropy_eps=1e-5).train().to(where)
+        quantizer = LFQ(codebook_bits=bits, entropy_temperature=0.01, entropy_eps=1e-5).train().to(where)
         z_here = z.to(where).requires_grad_()
         out = quantizer(z_here)
         (out.entropy_loss + out.commitment).backward()
