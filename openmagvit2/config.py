@@ -337,7 +337,7 @@ def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
     if str(spec).endswith(".json") and not os.path.isfile(str(spec)):
         raise ConfigError(f"data.{key}: no shard index at {str(spec)!r}: write the shards with `python -m "
                           "openmagvit2.data.make_shards` (it puts <prefix>.json beside them), set data.root to their "
-                          "folder, or give a pattern like \"data.{key}='/path/train-{{000000..001281}}.tar'\".")
+                          f"folder, or give a pattern like \"data.{key}='/path/train-{{000000..001281}}.tar'\".")
     try:
         urls = expand_shards(spec)
     except (ValueError, KeyError) as error:

@@ -2,6 +2,8 @@
 and bad values are refused with the key, the value and the allowed range named, before any work starts."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -30,10 +32,14 @@ def test_every_option_composes_and_resolves(group: str, option: str) -> None:
 
 @pytest.fixture
 def shard_root(tmp_path, monkeypatch):
-    """Empty files named like the ImageNet shards (only paths are checked), and 32 processes (the recipe's)."""
+    """Empty files named like the ImageNet shards (only paths are checked) with the index JSONs make_shards writes
+    beside them, and 32 processes (the recipe's)."""
     for split, count in (("train", 1282), ("val", 50)):
-        for index in range(count):
-            (tmp_path / f"{split}-{index:06d}.tar").touch()
+        names = [f"{split}-{index:06d}.tar" for index in range(count)]
+        for name in names:
+            (tmp_path / name).touch()
+        (tmp_path / f"{split}.json").write_text(json.dumps({"shards": [{"name": name, "count": 1000}
+                                                                      for name in names]}))
     monkeypatch.setenv("WORLD_SIZE", "32")
     return tmp_path
 

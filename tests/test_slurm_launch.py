@@ -4,6 +4,8 @@ The scripts' behaviour under a real SLURM (training, pre-emption, requeue) is te
 """
 from __future__ import annotations
 
+import json
+
 import datetime
 import re
 import subprocess
@@ -21,13 +23,15 @@ RECIPE = ["cluster=slurm_32gpu", "experiment=in256_base"]
 
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
-    """A folder with the file names the imagenet_wds data config expects (empty files: only paths are checked)."""
+    """A folder with what make_shards writes (empty shard files: only paths are checked, and the index JSONs)."""
     folder = tmp_path / "shards"
     folder.mkdir()
-    for i in range(1282):
-        (folder / f"train-{i:06d}.tar").touch()
-    for i in range(50):
-        (folder / f"val-{i:06d}.tar").touch()
+    for split, count in (("train", 1282), ("val", 50)):
+        names = [f"{split}-{i:06d}.tar" for i in range(count)]
+        for name in names:
+            (folder / name).touch()
+        (folder / f"{split}.json").write_text(json.dumps({"shards": [{"name": name, "count": 1000}
+                                                                    for name in names]}))
     return folder
 
 

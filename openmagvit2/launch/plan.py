@@ -192,19 +192,23 @@ def make_plan(job: str, overrides: list[str], config_dir: Path = DEFAULT_CONFIG_
 
 
 def _missing_paths(value: Any, workdir: Path) -> list[str]:
-    """Local paths named by a data key that do not exist (brace patterns expanded; URLs and pipes skipped).
-
-    Relative paths are taken from ``workdir``, the directory the job runs in.
+    """Local paths named by a data key that do not exist (brace patterns expanded, shard indexes read for the shards
+    they list, as the loaders do; URLs and pipes skipped). Relative paths are taken from ``workdir``, the directory
+    the job runs in.
     """
+    from openmagvit2.data.shards import expand_shards
+
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     missing = []
     for item in values:
         text = str(item)
         if "://" in text or text.startswith("pipe:"):
             continue
-        from braceexpand import braceexpand
-
-        missing.extend(p for p in braceexpand(text) if not (workdir / Path(p).expanduser()).exists())
+        local = str(workdir / Path(text).expanduser())
+        if text.endswith(".json") and not Path(local).is_file():
+            missing.append(text)
+            continue
+        missing.extend(path for path in expand_shards(local) if not Path(path).exists())
     return missing
 
 
