@@ -14,7 +14,6 @@ a re-run with another tokenizer or other settings into the same ``out``. docs/da
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,23 +33,10 @@ from openmagvit2.data.tokens import (TOKEN_INDEX_FORMAT, TOKEN_INDEX_VERSION, To
                                      encode_token_shard, read_token_shard, save_arrays)
 from openmagvit2.data.variants import Chunk, ChunkImages, check_variants, image_pass, variants_per_image
 from openmagvit2.io.atomic import atomic_write
+from openmagvit2.io.checksum import file_sha256
 
 log = logging.getLogger("openmagvit2.tokenize")
 SPLITS = ("train", "val")
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a tokenizer file, or of a ``save_pretrained`` folder (its files' names and bytes, sorted)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode("utf-8") + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def validate(cfg: DictConfig) -> None:

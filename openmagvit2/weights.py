@@ -21,7 +21,6 @@ network, checks their SHA-256, and prints how to copy them to a cluster.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import urllib.request
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from openmagvit2.io.atomic import atomic_write
+from openmagvit2.io.checksum import file_sha256
 
 CLEANFID_CACHE_DIR = Path("/tmp")  # hard-coded by cleanfid.features.feature_extractor on Linux
 
@@ -163,17 +163,9 @@ def require(names: Iterable[str]) -> None:
         raise MissingWeightsError(missing_message(absent))
 
 
-def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(spec: WeightFile, path: Path) -> None:
     """Raise `RuntimeError` when the file's SHA-256 differs from the published one."""
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != spec.sha256:
         raise RuntimeError(f"{path} has sha256 {actual}, expected {spec.sha256} for {spec.name}; delete it and "
                            f"download it again.")

@@ -82,3 +82,13 @@ def released_discriminator_state(state_dict: Mapping[str, torch.Tensor]) -> dict
         raise ValueError(f"the checkpoint has no '{RELEASED_PREFIX}*' keys; it holds no discriminator "
                          "(e.g. an EMA-only or Stage II checkpoint), so start the discriminator from scratch.")
     return state
+
+
+def load_discriminator_state(discriminator: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                             settings: str) -> None:
+    """Load a discriminator state dict, turning torch's size-mismatch report into one line naming `settings`."""
+    try:
+        discriminator.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"the discriminator in {source} does not match {settings}: "
+                         f"{str(error).splitlines()[0]}") from None

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from torch import nn
 
+from openmagvit2.losses.discriminator import load_discriminator_state, released_discriminator_state
 from openmagvit2.models.inflate import image_key, inflate_state
 from openmagvit2.models.loading import FORMAT, load_generator_state, strip_wrapper_prefixes
 from openmagvit2.models.video_loading import HINT, IMAGE_KEY, read_video_checkpoint, video_generator_state
 
-RELEASED_DISCRIMINATOR_PREFIX = "loss.discriminator."
 
 
 def initialise_video_from_checkpoint(path: str | Path, video: nn.Module, discriminator: nn.Module | None = None,
@@ -35,13 +35,11 @@ def initialise_video_from_checkpoint(path: str | Path, video: nn.Module, discrim
         disc_state = checkpoint.get("discriminator")
     else:
         raw = strip_wrapper_prefixes(checkpoint.get("state_dict", checkpoint))
-        disc_state = {key[len(RELEASED_DISCRIMINATOR_PREFIX):]: value for key, value in raw.items()
-                      if key.startswith(RELEASED_DISCRIMINATOR_PREFIX)} or None
+        try:
+            disc_state = released_discriminator_state(raw)  # the same `loss.discriminator.*` keys as the 2D files
+        except ValueError:
+            disc_state = None
     if discriminator is None or disc_state is None:
         return f"video generator ({source} weights) from {path}; the 3D discriminator starts from scratch"
-    try:
-        discriminator.load_state_dict(disc_state)
-    except RuntimeError as error:
-        raise ValueError(f"the discriminator in {path} does not match the 3D discriminator's settings: "
-                         f"{str(error).splitlines()[0]}") from None
+    load_discriminator_state(discriminator, disc_state, str(path), "the 3D discriminator's settings")
     return f"video generator ({source} weights) and 3D discriminator from {path}"

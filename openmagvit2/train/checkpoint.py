@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from openmagvit2.io.atomic import atomic_write
+from openmagvit2.io.checksum import file_sha256
 from openmagvit2.io.safe_load import CorruptCheckpointError, read_checkpoint
 from openmagvit2.models.loading import FORMAT  # one format tag: the tokenizer loaders read these files too
 
@@ -202,14 +203,6 @@ def remove_stale_temp_files(run_dir: str | Path) -> int:
     return freed
 
 
-def _sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_checksum(path: str | Path) -> bool:
     """Compare the file with its `.sha256` sidecar: True when it matches, False when there is no sidecar (files
     from older versions); `CorruptCheckpointError` naming the file when it differs."""
@@ -222,7 +215,7 @@ def verify_checksum(path: str | Path) -> bool:
     except (OSError, IndexError, UnicodeDecodeError):
         raise CorruptCheckpointError(f"checkpoint {path}: its checksum file {sidecar.name} is unreadable; "
                                      "use another checkpoint.") from None
-    if _sha256_of(path) != recorded:
+    if file_sha256(path) != recorded:
         raise CorruptCheckpointError(f"checkpoint {path} is damaged: its SHA-256 differs from the one recorded when "
                                      f"it was saved ({sidecar.name}); use another checkpoint.")
     return True

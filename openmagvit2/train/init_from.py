@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from openmagvit2.io.safe_load import read_checkpoint
-from openmagvit2.losses.discriminator import released_discriminator_state
+from openmagvit2.losses.discriminator import load_discriminator_state, released_discriminator_state
 from openmagvit2.models.loading import FORMAT, generator_from_file, load_generator_state, select_generator_state
 
 
@@ -40,9 +40,6 @@ def initialise_from_checkpoint(path: str | Path, tokenizer: nn.Module, discrimin
             disc_state = None
     if disc_state is None:
         return f"generator ({source} weights) from {path}; the file has no discriminator, it starts from scratch"
-    try:
-        discriminator.load_state_dict(disc_state)
-    except RuntimeError as error:
-        raise ValueError(f"the discriminator in {path} does not match loss.disc_* settings (e.g. loss.disc_norm, "
-                         f"disc_channels, disc_layers): {str(error).splitlines()[0]}") from None
+    load_discriminator_state(discriminator, disc_state, str(path),
+                             "loss.disc_* settings (e.g. loss.disc_norm, disc_channels, disc_layers)")
     return f"generator ({source} weights) and discriminator from {path}"
