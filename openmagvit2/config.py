@@ -441,6 +441,11 @@ DATA_SOURCES: dict[str, type[DataConfig]] = {
     "tokens": TokenDataConfig}
 
 
+def is_video_data(data: DataConfig) -> bool:
+    """Whether a data source yields video clips `b 3 t h w` (for task=video_tokenizer) rather than images."""
+    return getattr(data, "frames", None) is not None  # TODO(merge): the video source's own fact
+
+
 def data_config(data: DataConfig | DictConfig | dict, for_eval: bool = False) -> DataConfig:
     """The validated, typed `data` group (a composed DictConfig, a dict, or already a typed object).
 
@@ -469,7 +474,7 @@ def _typed_data(data: DictConfig | dict) -> DataConfig:
 
 # ------------------------------------------------------------------------------------------------------ optim / train
 SCHEDULES = ("constant", "cosine", "step", "linear")
-TASKS = ("tokenizer", "generator")
+TASKS = ("tokenizer", "generator", "video_tokenizer")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -677,9 +682,10 @@ WEIGHT_DECAY_SCOPES = ("matrices", "all")
 
 @dataclass
 class TaskConfig:
-    """What `train.py` trains: `tokenizer` (Stage I, the GAN) or `generator` (Stage II, the AR model on tokens)."""
+    """What `train.py` trains: `tokenizer` (Stage I, the GAN), `generator` (Stage II, the AR model on tokens) or
+    `video_tokenizer` (the causal video tokenizer of `video_model` against a 3D discriminator, on `data=video_wds`)."""
 
-    name: str = "tokenizer"  # tokenizer | generator
+    name: str = "tokenizer"  # tokenizer | generator | video_tokenizer
     # Stage II: the frozen tokenizer that decodes the sample grids and, when `data` is images (not tokens), encodes
     # each batch in the loop as the reference does. Raw weights by default, as the released AR config uses them.
     tokenizer: Optional[str] = None
@@ -709,6 +715,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     ar_model: Any = None  # Stage II's ARModelConfig (openmagvit2/generation/config.py), typed by validate_config
+    video_model: Any = None  # task=video_tokenizer's VideoModelConfig (openmagvit2/models/video_config.py), typed there
     model: ModelConfig = MISSING
     quantizer: QuantizerConfig = MISSING
     loss: LossConfig = MISSING
@@ -720,10 +727,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         check(_is_int(self.seed), "seed", self.seed, "an integer")
         _one_of("device", self.device, DEVICES)
-        if isinstance(self.data, DataConfig) and isinstance(self.model, ModelConfig):
-            factor = self.model.downsample_factor
-            check(self.data.image_size % factor == 0, "data.image_size", self.data.image_size,
-                  f"a multiple of the model's downsampling factor {factor}")
 
 
 def validate_config(cfg: DictConfig) -> RunConfig:
@@ -742,9 +745,42 @@ def validate_config(cfg: DictConfig) -> RunConfig:
             config.ar_model = ARModelConfig.from_mapping(config.ar_model)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+    if config.video_model is not None:
+        from openmagvit2.models.video_config import VideoModelConfig
+
+        try:
+            config.video_model = VideoModelConfig.from_mapping(config.video_model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    _check_task_data(config)
     world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     check_global_batch(config.train.batch_size, config.train.global_batch_size, world_size)
     return config
+
+
+def _check_task_data(config: RunConfig) -> None:
+    """The data fits the model the task trains: clips for `task=video_tokenizer`, images (or tokens) otherwise, and
+    frame sizes (and clip lengths) the model's down-sampling divides."""
+    video_task, video_data = config.task.name == "video_tokenizer", is_video_data(config.data)
+    if video_task and not video_data:
+        raise ConfigError(f"task=video_tokenizer trains on video clips but data={config.data.name} holds images: use "
+                          "data=video_wds (shards from python -m openmagvit2.data.make_video_shards).")
+    if video_data and not video_task:
+        raise ConfigError(f"data={config.data.name} holds video clips but task={config.task.name} trains on images: "
+                          "use task=video_tokenizer (e.g. experiment=ucf101_128_large), or an image data source.")
+    if video_task:
+        if config.video_model is None:
+            raise ConfigError("task=video_tokenizer needs a video_model group: choose video_model=video_tiny or "
+                              "video_model=openmagvit2_video_128.")
+        factor, temporal = config.video_model.spatial_factor, config.video_model.temporal_factor
+        check((config.data.frames - 1) % temporal == 0, "data.frames", config.data.frames,
+              f"{temporal}k + 1 frames for this video_model (e.g. {2 * temporal + 1} or {4 * temporal + 1})")
+    elif config.task.name == "tokenizer" and isinstance(config.model, ModelConfig):
+        factor = config.model.downsample_factor
+    else:
+        return  # Stage II: the tokenizer that encodes the images is task.tokenizer's, checked when it is loaded
+    check(config.data.image_size % factor == 0, "data.image_size", config.data.image_size,
+          f"a multiple of the model's downsampling factor {factor}")
 
 
 def _register() -> None:

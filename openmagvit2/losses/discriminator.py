@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from openmagvit2.losses.config import LossConfig
+from openmagvit2.losses.discriminator3d import NLayerDiscriminator3D
 
 RELEASED_PREFIX = "loss.discriminator."
 
@@ -65,10 +66,12 @@ def init_discriminator_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_discriminator(loss_cfg: Mapping[str, Any] | Any) -> NLayerDiscriminator:
-    """The discriminator described by `loss.disc_channels`, `loss.disc_layers` and `loss.disc_norm`."""
+def build_discriminator(loss_cfg: Mapping[str, Any] | Any, video: bool = False) -> nn.Module:
+    """The discriminator described by `loss.disc_channels`, `loss.disc_layers` and `loss.disc_norm`: the 2D PatchGAN,
+    or (`video`) the 3D one of the video recipe (`NLayerDiscriminator3D`)."""
     config = loss_cfg if isinstance(loss_cfg, LossConfig) else LossConfig.from_config(loss_cfg)
-    return NLayerDiscriminator(channels=config.disc_channels, num_layers=config.disc_layers, norm=config.disc_norm)
+    network = NLayerDiscriminator3D if video else NLayerDiscriminator
+    return network(channels=config.disc_channels, num_layers=config.disc_layers, norm=config.disc_norm)
 
 
 def released_discriminator_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

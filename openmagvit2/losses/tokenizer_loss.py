@@ -4,6 +4,9 @@ Generator: L1 + perceptual_weight * LPIPS + g_weight * non-saturating GAN loss
            + codebook_weight * enlarge(step) * entropy loss + commit_weight * commitment.
 Discriminator: hinge + lecam_weight * LeCam, on detached images.
 
+The same objective trains the video tokenizer (REFERENCE-VIDEO §5): on clips `b 3 t h w`, L1 and LPIPS are means over
+every frame (LPIPS sees the frames as a `(b t) 3 h w` batch) and the discriminator is the 3D one, run on whole clips.
+
 The discriminator itself is not owned here (the trainer wraps it in DDP and passes it in); this module holds the
 frozen LPIPS network and the LeCam EMA buffers. LPIPS is left out of `state_dict()` (it is reloadable from the
 `lpips` package and torchvision's cache) and is filled back in from the live network on `load_state_dict()`, so
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Protocol
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from openmagvit2.losses.adversarial import (adaptive_generator_weight, adopt_weight, hinge_d_loss,
@@ -72,7 +76,7 @@ class TokenizerLoss(nn.Module):
     def generator_loss(self, images: torch.Tensor, reconstruction: torch.Tensor, quantizer_out: QuantizerLosses,
                        discriminator: nn.Module, step: int,
                        last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The generator's objective for one batch of `b 3 h w` images and reconstructions in [-1, 1].
+        """The generator's objective for one batch of `b 3 h w` images (or `b 3 t h w` clips) and reconstructions.
 
         `discriminator` is the plain module (its parameters' requires_grad off, set by the trainer). `last_layer`
         (the decoder's `conv_out.weight`) is needed only for the adaptive weight (`loss.gen_loss_weight: null`);
@@ -83,7 +87,7 @@ class TokenizerLoss(nn.Module):
         cfg = self.config
         l1 = (images.float() - reconstruction.float()).abs().mean()
         if self.perceptual_loss is not None:
-            perceptual = self.perceptual_loss(images, reconstruction).mean()
+            perceptual = self.perceptual_loss(frames(images), frames(reconstruction)).mean()
         else:
             perceptual = torch.zeros((), device=images.device)
         nll = l1 + cfg.perceptual_weight * perceptual
@@ -143,6 +147,11 @@ class TokenizerLoss(nn.Module):
             "lecam/ema_real": self.lecam.ema_real, "lecam/ema_fake": self.lecam.ema_fake,
         }
         return total, _detached(logs)
+
+
+def frames(batch: torch.Tensor) -> torch.Tensor:
+    """Images as they are; clips `b c t h w` as their frames `(b t) c h w` (for the per-frame perceptual loss)."""
+    return rearrange(batch, "b c t h w -> (b t) c h w") if batch.ndim == 5 else batch
 
 
 def _detached(logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -265,6 +265,9 @@ def tokenizer_from_checkpoint(cls: type[T], checkpoint: Any, label: str, model: 
     if not isinstance(checkpoint, Mapping):
         raise CheckpointMismatchError(f"{label} is not a checkpoint dict (got {type(checkpoint).__name__}).")
     raw, ours = generator_from_file(checkpoint, label)
+    if ours and checkpoint.get("tokenizer_kind") == "video_tokenizer":
+        raise CheckpointMismatchError(f"{label} holds a video tokenizer: load it with VideoTokenizer.from_checkpoint "
+                                      "(eval.py and train.init_from do so for video runs).")
     if model is not None:
         hparams = resolve_model(model)
     elif ours:

@@ -73,6 +73,13 @@ class Tokenizer(nn.Module):
             "entropy_eps": q.entropy_eps, "sample_minimization_weight": q.sample_minimization_weight,
             "batch_maximization_weight": q.batch_maximization_weight, "entropy_across_ranks": q.entropy_across_ranks}
 
+    memory_format = torch.channels_last  # the channels-last layout of its 4-D weights and images (train.channels_last)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output kernel: the adaptive GAN weight balances the gradients reaching it."""
+        return self.decoder.conv_out.weight
+
     @property
     def hparams(self) -> dict[str, Any]:
         """A JSON-able copy of the hyper-parameters; `Tokenizer(**tokenizer.hparams)` rebuilds the architecture."""

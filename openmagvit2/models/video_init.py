@@ -1,4 +1,5 @@
-"""`train.init_from` for video runs: start a video tokenizer from a video checkpoint, or inflate it from an image one.
+"""`train.init_from` for video runs: start a video tokenizer from a video checkpoint, or inflate it from an image one
+(a path or a released name such as hf://TencentARC/Open-MAGVIT2-Tokenizer-128-resolution).
 
 The file is read once. A video file (released or ours) loads strictly, with its 3D discriminator when it has one; an
 image file (released 2D `.ckpt` or ours) is inflated by the last-slice rule (§4) and the 3D discriminator starts from
@@ -20,7 +21,9 @@ from openmagvit2.models.video_loading import HINT, IMAGE_KEY, read_video_checkpo
 def initialise_video_from_checkpoint(path: str | Path, video: nn.Module, discriminator: nn.Module | None = None,
                                      use_ema: bool = True) -> str:
     """Load or inflate `video`'s generator (EMA copy when asked and present), and the discriminator; says what it did."""
-    path = Path(path)
+    from openmagvit2.hub import resolve_path
+
+    path = Path(resolve_path(path))  # a released name (hf://TencentARC/...) from the Hugging Face cache
     checkpoint = read_video_checkpoint(path)
     raw_state, _, _ = video_generator_state(checkpoint, None, use_ema=False, path=path)
     if IMAGE_KEY in raw_state:

@@ -52,6 +52,13 @@ class VideoTokenizer(nn.Module):
                              batch_maximization_weight=c.batch_maximization_weight,
                              entropy_across_ranks=c.entropy_across_ranks)
 
+    memory_format = torch.channels_last_3d  # the channels-last layout of its 5-D weights and clips
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output kernel: the adaptive GAN weight balances the gradients reaching it."""
+        return self.decoder.conv_out.conv_1.weight
+
     @property
     def hparams(self) -> dict[str, Any]:
         """A JSON-able copy of the hyper-parameters; `VideoTokenizer(**tokenizer.hparams)` rebuilds the architecture."""

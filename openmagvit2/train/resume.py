@@ -14,9 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from openmagvit2.config import ConfigError
 
-# Keys whose change makes the checkpoint's tensors unusable (prefixes: every key under `model.`).
-ARCHITECTURE_KEYS = ("model.ch", "model.ch_mult", "model.num_res_blocks", "model.adaptive_norm", "model.bit_order",
-                     "quantizer.codebook_bits", "loss.disc_norm", "loss.disc_channels", "loss.disc_layers")
+# Keys whose change makes the checkpoint's tensors unusable, per task (a task's other model groups are ignored).
+_DISCRIMINATOR = ("loss.disc_norm", "loss.disc_channels", "loss.disc_layers")
+ARCHITECTURE_KEYS = {
+    "tokenizer": ("model.ch", "model.ch_mult", "model.num_res_blocks", "model.adaptive_norm", "model.bit_order",
+                  "quantizer.codebook_bits", *_DISCRIMINATOR),
+    "video_tokenizer": ("video_model.ch", "video_model.ch_mult", "video_model.num_res_blocks",
+                        "video_model.codebook_bits", "video_model.bit_order", *_DISCRIMINATOR),
+    "generator": ("ar_model.dim", "ar_model.num_heads", "ar_model.spatial_layers", "ar_model.factorized_layers",
+                  "ar_model.factorized_bits", "ar_model.num_classes", "ar_model.grid_size"),
+}
 # Keys that never matter for a resume (where things are written, how they are logged).
 IGNORED_PREFIXES = ("logger.", "hydra.", "cluster.", "train.resume", "train.init_from", "train.max_steps",
                     "experiment_name", "device")
@@ -51,7 +58,8 @@ def check_resume(cfg: DictConfig, saved_config: dict[str, Any], saved_step: int,
         warnings.append(f"train.ema_decay=null but {path} holds EMA weights: kept, with the checkpoint's decay "
                         f"{saved_ema} (to drop them, start a new run with train.init_from={path})")
     now = flatten(OmegaConf.to_container(cfg, resolve=True))
-    changed_architecture = [key for key in ARCHITECTURE_KEYS if key in before and before[key] != now.get(key)]
+    architecture = ("task.name", *ARCHITECTURE_KEYS[now.get("task.name", "tokenizer")])
+    changed_architecture = [key for key in architecture if key in before and before[key] != now.get(key)]
     if changed_architecture:
         details = ", ".join(f"{key}={before[key]!r} in the checkpoint but {now.get(key)!r} now"
                             for key in changed_architecture)
@@ -62,7 +70,7 @@ def check_resume(cfg: DictConfig, saved_config: dict[str, Any], saved_step: int,
         raise ResumeMismatch(f"train.max_steps={cfg.train.max_steps} is below the step of {path} ({saved_step}): "
                              f"there is nothing left to train; raise train.max_steps to continue.")
     recipe_changes = sorted(key for key in set(before) | set(now)
-                            if key not in ARCHITECTURE_KEYS and not key.startswith(IGNORED_PREFIXES)
+                            if key not in architecture and not key.startswith(IGNORED_PREFIXES)
                             and before.get(key) != now.get(key))
     warnings += [f"resuming with {key}={now.get(key)!r} (the checkpoint used {before.get(key)!r})"
                  for key in recipe_changes]

@@ -29,9 +29,9 @@ from openmagvit2.train.precision import Precision
 class GanTraining:
     """The nouns of one tokenizer training step: raw and wrapped (DDP / compiled) models, loss, optimisers."""
 
-    tokenizer: nn.Module  # raw module: parameters, EMA, checkpoints
+    tokenizer: nn.Module  # raw Tokenizer or VideoTokenizer: parameters, EMA, checkpoints
     tokenizer_ddp: nn.Module  # what runs the forward: DDP and/or torch.compile around `tokenizer`
-    discriminator: nn.Module
+    discriminator: nn.Module  # 2D PatchGAN for images, 3D for clips
     discriminator_ddp: nn.Module
     criterion: TokenizerLoss
     opt_g: torch.optim.Optimizer
@@ -72,19 +72,19 @@ class StepLosses(NamedTuple):
 
 
 def compute_losses(gan: GanTraining, images: torch.Tensor, step: int) -> StepLosses:
-    """Forward both players on one batch `b 3 h w` in [-1, 1]; no parameter is updated.
+    """Forward both players on one batch, images `b 3 h w` or clips `b 3 t h w` in [-1, 1]; nothing is updated.
 
     Buffers a forward moves (the discriminator's BatchNorm statistics, the LeCam EMA) do move; when the loop then
     stops on a non-finite loss it saves nothing, so they never reach a checkpoint.
     """
     if gan.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=gan.tokenizer.memory_format)
     gan.discriminator.requires_grad_(False)  # the generator's adversarial term must not train D
     with gan.precision.autocast():
         output = gan.tokenizer_ddp(images)
         g_loss, g_logs = gan.criterion.generator_loss(images, output.reconstruction, output.quantizer,
                                                       gan.discriminator, step,
-                                                      last_layer=gan.tokenizer.decoder.conv_out.weight)
+                                                      last_layer=gan.tokenizer.last_layer)
     gan.discriminator.requires_grad_(True)
     with gan.precision.autocast():
         d_loss, d_logs = gan.criterion.discriminator_loss(images, output.reconstruction.detach(),
@@ -149,9 +149,9 @@ def build_gan_training(cfg: Any, tokenizer: nn.Module, discriminator: nn.Module,
 
     The EMA copies `tokenizer` as it is now, so call this after any `train.init_from` weights are loaded.
     """
-    if cfg.train.channels_last:
-        tokenizer.to(memory_format=torch.channels_last)
-        discriminator.to(memory_format=torch.channels_last)
+    if cfg.train.channels_last:  # channels_last for images, channels_last_3d for clips
+        tokenizer.to(memory_format=tokenizer.memory_format)
+        discriminator.to(memory_format=tokenizer.memory_format)
     ema = ModelEMA(tokenizer, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     betas = tuple(cfg.optim.betas)
     opt_g = torch.optim.Adam(tokenizer.parameters(), lr=cfg.optim.lr, betas=betas, weight_decay=cfg.optim.weight_decay)

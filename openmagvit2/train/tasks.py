@@ -1,5 +1,5 @@
-"""Training tasks: what the one loop in `train.py` drives: `task=tokenizer` (the GAN of Stage I, built here) and
-`task=generator` (Stage II, `openmagvit2/generation/training.py`). Each task answers the same few questions, so the
+"""Training tasks: what the one loop in `train.py` drives: `task=tokenizer` and `task=video_tokenizer` (the GAN of
+Stage I, for images or clips, built here) and `task=generator` (Stage II, `openmagvit2/generation/training.py`). Each task answers the same few questions, so the
 loop, checkpoints, pre-emption, logging and launchers are shared.
 
 A task holds its models, losses and optimisers and knows
@@ -18,7 +18,9 @@ import torch
 from openmagvit2.config import RunConfig
 from openmagvit2.eval import save_reconstruction_grid
 from openmagvit2.losses import TokenizerLoss, build_discriminator
-from openmagvit2.models import Tokenizer
+from openmagvit2.losses.tokenizer_loss import frames
+from openmagvit2.models import Tokenizer, VideoTokenizer
+from openmagvit2.models.video_init import initialise_video_from_checkpoint
 from openmagvit2.train.distributed import DistributedContext, cross_rank_reductions
 from openmagvit2.train.evaluation import TrainingEvaluator, batch_usage, count_parameters
 from openmagvit2.train.init_from import initialise_from_checkpoint
@@ -52,41 +54,51 @@ class Task(Protocol):
 
 
 class TokenizerTask:
-    """Stage I: the tokenizer against its PatchGAN discriminator (`openmagvit2.train.step`)."""
+    """Stage I: a tokenizer against its discriminator (`openmagvit2.train.step`, one step for both kinds): the image
+    tokenizer and the 2D PatchGAN (`task=tokenizer`), or the causal video tokenizer and the 3D PatchGAN on clips
+    `b 3 t h w` (`task=video_tokenizer`, REFERENCE-VIDEO §5-6)."""
 
     def __init__(self, gan: GanTraining, evaluator: TrainingEvaluator, base_lrs: tuple[float, float],
                  notes: list[str]) -> None:
         self.gan, self.evaluator, self.base_lrs, self.notes = gan, evaluator, base_lrs, notes
         self.optimizers = gan.optimizers
-        self.device = gan.tokenizer.decoder.conv_out.weight.device
+        self.device = gan.tokenizer.last_layer.device
+        self.video = isinstance(gan.tokenizer, VideoTokenizer)
 
     @classmethod
     def build(cls, cfg: RunConfig, ctx: DistributedContext, fine_tune: bool) -> "TokenizerTask":
         """Losses first (the perceptual network's weights are checked before any model or data work), then the
-        models, the `train.init_from` weights when fine-tuning, the optimisers and wrappers, the val subset."""
+        models, the `train.init_from` weights when fine-tuning, the optimisers and wrappers, the val subset.
+
+        Video runs initialise from a video checkpoint, or inflate an image one (`train.init_from`, §4)."""
         sum_over_ranks, mean_over_ranks = cross_rank_reductions(ctx)
         criterion = TokenizerLoss(cfg.loss, reduce_mean=mean_over_ranks).to(ctx.device)
-        tokenizer = Tokenizer.from_config(cfg.model, cfg.quantizer).to(ctx.device)
+        video = cfg.task.name == "video_tokenizer"
+        tokenizer = (VideoTokenizer(**cfg.video_model.to_dict()) if video
+                     else Tokenizer.from_config(cfg.model, cfg.quantizer)).to(ctx.device)
         tokenizer.quantizer.reduce_sum = sum_over_ranks
-        discriminator = build_discriminator(cfg.loss).to(ctx.device)
+        discriminator = build_discriminator(cfg.loss, video=video).to(ctx.device)
         notes = []
         if fine_tune and cfg.train.init_from:
-            notes.append("initialised " + initialise_from_checkpoint(cfg.train.init_from, tokenizer, discriminator,
-                                                                     use_ema=cfg.train.init_use_ema))
+            initialise = initialise_video_from_checkpoint if video else initialise_from_checkpoint
+            notes.append("initialised " + initialise(cfg.train.init_from, tokenizer, discriminator,
+                                                     use_ema=cfg.train.init_use_ema))
         gan = build_gan_training(cfg, tokenizer, discriminator, criterion,
                                  Precision(cfg.train.precision, ctx.device), ctx.is_distributed)
         evaluator = TrainingEvaluator(cfg.data, cfg.train.batch_size, cfg.train.eval_images, ctx,
                                       gan.ema.module if gan.ema else tokenizer, criterion.perceptual_loss)
-        evaluation = (f"{', '.join(evaluator.metrics)} on {cfg.train.eval_images} images" if evaluator.batches
+        samples = "clips" if video else "images"
+        evaluation = (f"{', '.join(evaluator.metrics)} on {cfg.train.eval_images} {samples}" if evaluator.batches
                       is not None else "none (the data has no validation set)")
-        notes.append(f"generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, discriminator "
-                     f"{count_parameters(discriminator) / 1e6:.2f}M; in-training evaluation: {evaluation}")
+        notes.append(f"{'video ' if video else ''}generator {count_parameters(tokenizer) / 1e6:.2f}M parameters, "
+                     f"{'3D ' if video else ''}discriminator {count_parameters(discriminator) / 1e6:.2f}M; "
+                     f"in-training evaluation: {evaluation}")
         return cls(gan, evaluator, (cfg.optim.lr, cfg.optim.disc_lr), notes)
 
-    loader_options: dict[str, Any] = {}  # image batches, no labels
+    loader_options: dict[str, Any] = {}  # image batches (or clips), no labels
 
     def throughput(self, samples_per_s: float) -> dict[str, float]:
-        return {"img_per_s": samples_per_s}
+        return {"clips_per_s": samples_per_s} if self.video else {"img_per_s": samples_per_s}
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(self.device, non_blocking=True)
@@ -105,15 +117,19 @@ class TokenizerTask:
         return self.gan.checkpointed()
 
     def extra_state(self) -> dict[str, Any]:
-        return {"tokenizer_hparams": self.gan.tokenizer.hparams}
+        return {"tokenizer_hparams": self.gan.tokenizer.hparams,
+                "tokenizer_kind": "video_tokenizer" if self.video else "tokenizer"}
 
     def evaluate(self) -> dict[str, float]:
         return self.evaluator()
 
     def save_images(self, batch: torch.Tensor, losses: StepLosses, path: Path) -> Path:
-        """Originals above their reconstructions, for the first 8 images of the batch."""
-        reconstruction = losses.output.reconstruction[:8].detach().clamp(-1, 1)
-        return save_reconstruction_grid(batch[:8], reconstruction, path, nrow=8)
+        """Originals above their reconstructions: the first 8 images of the batch, or every frame of its first two
+        clips (a row of frames per clip, its reconstruction below)."""
+        count = 2 if self.video else 8
+        reconstruction = losses.output.reconstruction[:count].detach().clamp(-1, 1)
+        row = batch.shape[2] if self.video else count
+        return save_reconstruction_grid(frames(batch[:count]), frames(reconstruction), path, nrow=row)
 
 
 def build_task(cfg: RunConfig, ctx: DistributedContext, fine_tune: bool) -> Task:
