@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-ar test test-fast test-slurm sweep-demo bench weights shards gpu-check gpu-wheels clean
+.PHONY: setup demo demo-ar demo-video test test-fast test-slurm sweep-demo bench weights shards gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ bench: setup
 ## demo-ar: Stage II on the CPU: tokenize the bundled photos with the demo tokenizer, train the tiny AR model, sample
 demo-ar: setup
 	$(PY) -m openmagvit2.demo_ar run_dir=runs/demo-ar-$(shell date +%Y%m%d-%H%M%S)
+
+## demo-video: the causal video tokenizer on the CPU: camera-motion videos of the bundled photos -> shards -> train
+## video_tiny -> eval, with a side-by-side GIF/MP4 and a frame grid of originals vs reconstructions
+demo-video: setup
+	$(PY) -m openmagvit2.demo_video run_dir=runs/demo-video-$(shell date +%Y%m%d-%H%M%S)
 
 ## sweep-demo: a local Hydra multirun (2 x 2) of the CPU demo
 sweep-demo: setup

@@ -17,8 +17,8 @@ import torch
 
 from openmagvit2.config import RunConfig
 from openmagvit2.eval import save_reconstruction_grid
+from openmagvit2.eval.video_media import save_clip_grid
 from openmagvit2.losses import TokenizerLoss, build_discriminator
-from openmagvit2.losses.tokenizer_loss import frames
 from openmagvit2.models import Tokenizer, VideoTokenizer
 from openmagvit2.models.video_init import initialise_video_from_checkpoint
 from openmagvit2.train.distributed import DistributedContext, cross_rank_reductions
@@ -128,8 +128,9 @@ class TokenizerTask:
         clips (a row of frames per clip, its reconstruction below)."""
         count = 2 if self.video else 8
         reconstruction = losses.output.reconstruction[:count].detach().clamp(-1, 1)
-        row = batch.shape[2] if self.video else count
-        return save_reconstruction_grid(frames(batch[:count]), frames(reconstruction), path, nrow=row)
+        if self.video:
+            return save_clip_grid(batch[:count], reconstruction, path)
+        return save_reconstruction_grid(batch[:count], reconstruction, path, nrow=count)
 
 
 def build_task(cfg: RunConfig, ctx: DistributedContext, fine_tune: bool) -> Task:
