@@ -18,7 +18,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,8 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from openmagvit2.errors import ConfigError
 
 __all__ = ["ClusterConfig", "ConfigError", "FolderDataConfig", "LoggerConfig", "LossConfig", "ModelConfig",
-           "OptimConfig", "QuantizerConfig", "RunConfig", "SampleDataConfig", "TokenDataConfig", "TrainConfig",
-           "WdsDataConfig",
+           "OptimConfig", "QuantizerConfig", "RunConfig", "SampleDataConfig", "ShardDataConfig", "TokenDataConfig",
+           "TrainConfig", "VideoWdsDataConfig", "WdsDataConfig",
            "check_global_batch", "data_config", "model_preset", "time_limit_seconds", "validate_config"]
 
 BIT_ORDERS = ("lsb_first", "msb_first")
@@ -201,8 +201,12 @@ def model_preset(name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
-    """Keys every data source has; `name` picks the source (it is the `data=` option, and the dispatch key)."""
+    """Keys every data source has; `name` picks the source (it is the `data=` option, and the dispatch key).
 
+    `is_video` (a class attribute, also on `DATA_SOURCES[name]`): the source yields clips `b 3 t h w`, not images
+    `b 3 h w`; a video model needs such a source and an image model any other."""
+
+    is_video: ClassVar[bool] = False
     name: str = MISSING
     image_size: int = 256  # training/eval crop side in pixels
     num_workers: int = 8  # loader worker processes per rank
@@ -325,7 +329,7 @@ class FolderDataConfig(FileDataConfig):
         _check_dir("val_dir", self.val_dir, required=eval_only)
 
 
-def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
+def _check_shards(key: str, spec: Optional[str], required: bool, converter: str = "make_shards") -> None:
     from openmagvit2.data.shards import expand_shards, missing_local_shards
 
     if spec is None:
@@ -336,7 +340,7 @@ def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
         return
     if str(spec).endswith(".json") and not os.path.isfile(str(spec)):
         raise ConfigError(f"data.{key}: no shard index at {str(spec)!r}: write the shards with `python -m "
-                          "openmagvit2.data.make_shards` (it puts <prefix>.json beside them), set data.root to their "
+                          f"openmagvit2.data.{converter}` (it puts <prefix>.json beside them), set data.root to their "
                           f"folder, or give a pattern like \"data.{key}='/path/train-{{000000..001281}}.tar'\".")
     try:
         urls = expand_shards(spec)
@@ -347,26 +351,24 @@ def _check_shards(key: str, spec: Optional[str], required: bool) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(f"data.{key}: shard {missing[0]!r}{more} does not exist: create the shards with "
-                          "`python -m openmagvit2.data.make_shards` or fix the path.")
+                          f"`python -m openmagvit2.data.{converter}` or fix the path.")
 
 
 @dataclass
-class WdsDataConfig(FileDataConfig):
-    """ImageNet as WebDataset tar shards written by `make shards` (python -m openmagvit2.data.make_shards).
+class ShardDataConfig(FileDataConfig):
+    """WebDataset tar shards and their index JSONs (written by `converter`): the keys and checks that image and video
+    shards share. Set data.root to the folder holding them."""
 
-    Set IMAGENET_SHARDS or data.root to the folder holding train-*.tar, val-*.tar and their index JSONs."""
-
-    name: str = "imagenet_wds"
-    root: str = "${oc.env:IMAGENET_SHARDS,data/imagenet_shards}"
-    # The index JSONs make_shards writes (they list the real shards, so data.root alone is enough), or brace patterns
-    # such as "'/d/train-{000000..001281}.tar'" (quoted on the command line: Hydra reads braces as a dict).
+    converter: ClassVar[str] = "make_shards"  # python -m openmagvit2.data.<converter> writes these shards
+    root: str = MISSING
+    # The index JSONs the converter writes (they list the real shards, so data.root alone is enough), or brace
+    # patterns such as "'/d/train-{000000..001281}.tar'" (quoted on the command line: Hydra reads braces as a dict).
     shards: str = "${.root}/train.json"
-    val_shards: Optional[str] = "${.root}/val.json"
-    shards_index: Optional[str] = None  # null = <dir>/<prefix>.json next to the shards (written by make_shards)
+    val_shards: Optional[str] = "${.root}/val.json"  # null = no validation set
+    shards_index: Optional[str] = None  # null = <dir>/<prefix>.json next to the shards (written by the converter)
     epoch_samples: Optional[int] = None  # samples per epoch over all ranks; null = the index's total
-    shuffle_buffer: int = 1000  # encoded samples held per loader worker (~110 kB each for ImageNet JPEGs)
+    shuffle_buffer: int = 1000  # encoded samples held per loader worker
     shard_shuffle: bool = True  # reshuffle the shard order every epoch (from seed and epoch)
-    jpeg_draft: bool = False  # training only: JPEG downscale-on-decode (PIL draft): faster, slightly different
 
     @property
     def index_path(self) -> Optional[str]:
@@ -378,18 +380,59 @@ class WdsDataConfig(FileDataConfig):
         super().__post_init__()
         eval_only = _EVAL_ONLY.get()
         if not eval_only:
-            _check_shards("shards", self.shards, required=True)
-        _check_shards("val_shards", self.val_shards, required=eval_only)
+            _check_shards("shards", self.shards, required=True, converter=self.converter)
+        _check_shards("val_shards", self.val_shards, required=eval_only, converter=self.converter)
         _int_at_least("data.shuffle_buffer", self.shuffle_buffer, 1)
         if eval_only:
             return
         if self.epoch_samples is None:
             index = self.index_path
             if index is None or not os.path.isfile(index):
-                raise ConfigError(f"data.shards_index: no shard index at {index!r} (make_shards writes one next to "
-                                  "the shards): set data.shards_index to it or data.epoch_samples to the sample count.")
+                raise ConfigError(f"data.shards_index: no shard index at {index!r} ({self.converter} writes one next "
+                                  "to the shards): set data.shards_index to it or data.epoch_samples to the sample "
+                                  "count.")
         else:
             _int_at_least("data.epoch_samples", self.epoch_samples, 1)
+
+
+@dataclass
+class WdsDataConfig(ShardDataConfig):
+    """ImageNet as WebDataset tar shards written by `make shards` (python -m openmagvit2.data.make_shards).
+
+    Set IMAGENET_SHARDS or data.root to the folder holding train-*.tar, val-*.tar and their index JSONs."""
+
+    name: str = "imagenet_wds"
+    root: str = "${oc.env:IMAGENET_SHARDS,data/imagenet_shards}"
+    shuffle_buffer: int = 1000  # encoded samples held per loader worker (~110 kB each for ImageNet JPEGs)
+    jpeg_draft: bool = False  # training only: JPEG downscale-on-decode (PIL draft): faster, slightly different
+
+
+def _check_frames(frames: Any) -> None:
+    """Clip lengths the causal video tokenizer takes: 4k + 1 (the first frame alone, then groups of 4)."""
+    check(_is_int(frames) and frames >= 1 and (frames - 1) % 4 == 0, "data.frames", frames,
+          "4k + 1 frames for the causal video tokenizer, e.g. 17 (the recipe's), 9 or 5")
+
+
+@dataclass
+class VideoWdsDataConfig(ShardDataConfig):
+    """Videos as WebDataset tar shards written by `python -m openmagvit2.data.make_video_shards` (UCF-101 split 1 in
+    the recipe: VideoGPT's train/ and test/ folders). Set VIDEO_SHARDS or data.root to the folder holding them.
+
+    Train: `frames` consecutive frames from a random start, short side to image_size (bilinear, as cv2
+    INTER_LINEAR), random crop (+ flip if hflip). Val: the centre frames and the centre crop. Batches `b 3 t h w`."""
+
+    is_video: ClassVar[bool] = True
+    converter: ClassVar[str] = "make_video_shards"
+    name: str = "video_wds"
+    root: str = "${oc.env:VIDEO_SHARDS,data/ucf101_shards}"
+    val_shards: Optional[str] = "${.root}/test.json"  # null = no validation set
+    frames: int = 17  # consecutive frames per clip: 4k + 1
+    image_size: int = 128
+    shuffle_buffer: int = 64  # encoded videos held per loader worker (~0.5 MB each for UCF-101)
+
+    def __post_init__(self) -> None:
+        _check_frames(self.frames)
+        super().__post_init__()
 
 
 @dataclass
@@ -438,12 +481,7 @@ class TokenDataConfig(DataConfig):
 
 DATA_SOURCES: dict[str, type[DataConfig]] = {
     "sample": SampleDataConfig, "imagenet_folder": FolderDataConfig, "imagenet_wds": WdsDataConfig,
-    "tokens": TokenDataConfig}
-
-
-def is_video_data(data: DataConfig) -> bool:
-    """Whether a data source yields video clips `b 3 t h w` (for task=video_tokenizer) rather than images."""
-    return getattr(data, "frames", None) is not None  # TODO(merge): the video source's own fact
+    "video_wds": VideoWdsDataConfig, "tokens": TokenDataConfig}
 
 
 def data_config(data: DataConfig | DictConfig | dict, for_eval: bool = False) -> DataConfig:
@@ -761,7 +799,7 @@ def validate_config(cfg: DictConfig) -> RunConfig:
 def _check_task_data(config: RunConfig) -> None:
     """The data fits the model the task trains: clips for `task=video_tokenizer`, images (or tokens) otherwise, and
     frame sizes (and clip lengths) the model's down-sampling divides."""
-    video_task, video_data = config.task.name == "video_tokenizer", is_video_data(config.data)
+    video_task, video_data = config.task.name == "video_tokenizer", config.data.is_video
     if video_task and not video_data:
         raise ConfigError(f"task=video_tokenizer trains on video clips but data={config.data.name} holds images: use "
                           "data=video_wds (shards from python -m openmagvit2.data.make_video_shards).")

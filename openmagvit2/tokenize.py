@@ -94,8 +94,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     shard is written)."""
     validate(cfg)
     data = data_config(cfg.data)
-    if data.name == "tokens":
-        raise ConfigError("data=tokens is already tokens: choose the image source to tokenize (data=imagenet_wds, "
+    if data.name == "tokens" or data.is_video:
+        what = "is already tokens" if data.name == "tokens" else "holds videos"
+        raise ConfigError(f"data={data.name} {what}: choose the image source to tokenize (data=imagenet_wds, "
                           "imagenet_folder or sample).")
     split, crops, flip, size = str(cfg.split), int(cfg.crops), bool(cfg.flip), int(data.image_size)
     try:

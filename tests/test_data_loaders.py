@@ -236,7 +236,8 @@ def test_folder_val_sees_every_image_once_across_ranks(image_folder):
     single = build_val_loader(cfg, 4, 0, 1)
     everything = torch.cat(list(single))
     assert everything.shape == (10, 3, 16, 16) and single.stats() == {
-        "images": 10, "skipped_corrupt": 1, "missing_files": 0, "skipped_too_large": 0, "skipped_aspect": 0}
+        "images": 10, "skipped_corrupt": 1, "missing_files": 0, "skipped_too_large": 0, "skipped_aspect": 0,
+        "skipped_short": 0}
     parts = [torch.cat(list(build_val_loader(cfg, 3, rank, 2))) for rank in range(2)]
     assert torch.equal(torch.cat(parts), everything)
     subset = torch.cat(list(build_val_loader(cfg, 4, 0, 1, max_images=5)))

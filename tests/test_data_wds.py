@@ -236,7 +236,7 @@ def test_odd_samples_decode_broken_are_skipped_and_counted(messy_shards, caplog)
     images = torch.cat(list(val))
     assert images.shape[0] == 16 + len(odd_images()) + 1
     assert val.stats() == {"images": images.shape[0], "skipped_corrupt": len(broken_images()), "missing_files": 0,
-                           "skipped_too_large": 0, "skipped_aspect": 1}
+                           "skipped_too_large": 0, "skipped_aspect": 1, "skipped_short": 0}
 
     train = build_train_loader(cfg, 4, 0, 1, seed=0)
     with caplog.at_level(logging.WARNING):

@@ -1,10 +1,11 @@
-"""Data sources and loaders: bundled sample photos, ImageNet folders, WebDataset shards (and their converter), and
-the token shards of the Stage II generator (written by ``python -m openmagvit2.tokenize``).
+"""Data sources and loaders: bundled sample photos, ImageNet folders, WebDataset image and video shards (and their
+converters), and the token shards of the Stage II generator (written by ``python -m openmagvit2.tokenize``).
 
 Public API (see ``docs/architecture.md``, ``docs/data.md``):
 
-- :func:`build_train_loader` -> endless, exactly resumable training batches ``b 3 H W`` in [-1, 1]; with
-  ``labels=True`` ``(images, labels b int64)``; ``data=tokens``: ``(indices b n int64, labels b int64)``.
+- :func:`build_train_loader` -> endless, exactly resumable training batches ``b 3 H W`` in [-1, 1]
+  (``data=video_wds``: clips ``b 3 T H W``); with ``labels=True`` ``(images, labels b int64)``; ``data=tokens``:
+  ``(indices b n int64, labels b int64)``.
 - :func:`build_val_loader` -> one ordered pass over the validation set, every image once across ranks (same
   ``labels`` switch).
 - :func:`has_validation_set` -> False for ``data.val_dir=null`` ("no validation set").

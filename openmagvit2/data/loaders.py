@@ -33,8 +33,9 @@ from .transforms import Stream, sample_rng, to_model_range
 
 log = logging.getLogger(__name__)
 
-# The stats() counters of unusable samples, by the error's ``counter`` (see decode.py).
-SKIP_COUNTERS = ("skipped_corrupt", "missing_files", "skipped_too_large", "skipped_aspect")
+# The stats() counters of unusable samples, by the error's ``counter`` (see decode.py; ``skipped_short``: a video with
+# fewer frames than a clip, video_clips.py).
+SKIP_COUNTERS = ("skipped_corrupt", "missing_files", "skipped_too_large", "skipped_aspect", "skipped_short")
 # At most this many skipped files are named in the log per epoch; the counts are always exact.
 MAX_LOGGED_SKIPS = 20
 # A backstop, not the policy (that is SkipPolicy, checked in the main process per batch): a worker that meets this

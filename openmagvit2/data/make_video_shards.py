@@ -4,9 +4,10 @@
 
 writes `<out>/<prefix>-000000.tar` ... and the index `<out>/<prefix>.json`, in the image converter's format
 (`make_shards`): each sample holds the video's original encoded bytes under its extension (`.avi`), the class index
-(`.cls`) and the source path (`.path`). Videos are stored as they are (decoding happens in `VideoClipShards`, 17
-consecutive frames per clip), shuffled once with `--seed`; shards are written atomically and a re-run resumes, as
-`make_shards` does (same plan file, same helpers).
+(`.cls`) and the source path (`.path`). Videos are stored as they are (the `data=video_wds` loaders decode 17
+consecutive frames per clip, `video_clips.ClipDecoder`), shuffled once with `--seed`; shards are written atomically
+and a re-run resumes, as `make_shards` does (same plan file, same helpers). Videos whose first frame does not decode
+are skipped and counted in the index; videos too short for a clip are kept (the loaders skip and count them).
 """
 from __future__ import annotations
 

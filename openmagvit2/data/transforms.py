@@ -25,7 +25,10 @@ class Stream(enum.IntEnum):
     REPLACEMENT = 3  # map-style: the substitute for an unusable file, from (seed, epoch, index, attempt)
     SHARD_ORDER = 11  # shards: the epoch's shard order, and a reader's re-read order in later rounds
     SHUFFLE_BUFFER = 12  # shards: seed of a reader's shuffle buffer, from (seed, epoch, rank, reader)
-    STREAM_CROP = 13  # shards: crop and flip of a sample, from (seed, epoch, rank, reader, sample number)
+    STREAM_CROP = 13  # shards: crop and flip (video: clip start first) of a sample, from (seed, epoch, rank, reader,
+    # sample number)
+    VAL_CROP = 21  # shard val, seeded crops (video reference protocol): from (fixed seed, shard, position, copy)
+    VAL_PADDING = 22  # shard val, the duplicates padding the clip list (video reference protocol): from (fixed seed)
 
 
 def sample_rng(*key: int) -> np.random.Generator:
@@ -73,7 +76,8 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def to_model_range(images: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
-    """uint8 ``b 3 h w`` in [0, 255] -> float32 ``b 3 h w`` in [-1, 1], the tokenizer's input range.
+    """uint8 ``b 3 h w`` (images) or ``b 3 t h w`` (clips) in [0, 255] -> float32 of the same shape in [-1, 1], the
+    tokenizer's input range.
 
     ``pin_memory``: write the result into page-locked memory (CUDA only), so that ``.to(device, non_blocking=True)``
     is a real asynchronous copy. The float tensor is what travels to the GPU, so it is the one pinned.

@@ -1,4 +1,10 @@
-"""``data=imagenet_wds``: streaming WebDataset tar shards (as written by ``python -m openmagvit2.data.make_shards``).
+"""``data=imagenet_wds`` and ``data=video_wds``: streaming WebDataset tar shards (as written by ``python -m
+openmagvit2.data.make_shards`` and ``make_video_shards``).
+
+The stream below knows shards, readers, shuffling and resume; what one sample becomes is a :class:`SampleDecoder`
+passed in: :class:`ImageDecoder` (``decode_image`` + the image transforms) for image shards,
+``video_clips.ClipDecoder`` (``decode_clip`` + the clip resize and crop) for video shards. Workers ship uint8
+(``b 3 h w`` images, ``b 3 t h w`` clips); the main process maps to [-1, 1].
 
 Training stream: one ``wds.DataPipeline`` per rank and loader worker ("reader"):
 
@@ -12,8 +18,10 @@ Training stream: one ``wds.DataPipeline`` per rank and loader worker ("reader"):
    from (seed, epoch, rank, reader), drained at the end of the run. A reader left short (unusable samples,
    rounding) re-reads its run in a new order for the few samples it still owes.
 4. Replay (custom stage, resume only): ``islice`` past the samples already consumed, before any decoding.
-5. Robust decode (custom stage, see ``decode.py``), resize short side, random crop (+ flip); the crop from
-   (seed, epoch, rank, reader, sample number). Unusable samples are passed over and reported with the next batch.
+5. The decoder's ``train`` (robust decode, see ``decode.py``; resize short side, random crop (+ flip); for clips a
+   random start first), its randomness from (seed, epoch, rank, reader, sample number). Unusable samples (an
+   ``UnusableImageError``: corrupt, too large, a video too short, ...) are passed over and reported with the next
+   batch.
 6. ``wds.batched(batch_size, partial=False)`` inside the worker, and ``.with_epoch(n)`` for this reader's share of
    the epoch's batches.
 
@@ -32,8 +40,10 @@ the part of the epoch already consumed. If those settings changed, each reader s
 stream instead (approximate: a few samples may repeat or be missed) and a warning says so.
 
 Validation stream: shards are dealt to ranks in contiguous blocks and to workers by ``wds.split_by_worker``, read in
-order, no shuffle, centre crops; every image is seen exactly once across ranks. ``max_images`` keeps the first
-samples of every shard (spread evenly over the shards), so an in-training evaluation reads only shard prefixes.
+order, no shuffle, the decoder's ``val`` (centre crops); every sample is seen exactly once across ranks.
+``max_images`` keeps the first samples of every shard (spread evenly over the shards), so an in-training evaluation
+reads only shard prefixes. Two options serve the video reference protocol: ``crop_seed`` (seeded random crops per
+(shard, position, copy) instead of the centre) and ``copies`` (extra copies of given samples, decoded again each).
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -55,6 +66,41 @@ from .shards import image_bytes, iter_shard, read_segments, sample_label, sample
 from .transforms import Stream, sample_rng, train_transform, val_transform
 
 NUMBER = "__number__"  # sample field added by the stream: 1-based count of encoded samples this reader has pulled
+SHARD, POSITION = "__shard__", "__position__"  # val sample fields added by the stream: shard number, place in it
+
+
+class SampleDecoder(Protocol):
+    """What one encoded shard sample becomes: a uint8 tensor (an image ``3 h w``, a clip ``3 t h w``).
+
+    Both methods raise an ``UnusableImageError`` for a sample to skip (counted under its ``counter``). ``converter``
+    is the command that writes these shards, named in the errors that ask for new ones."""
+
+    converter: ClassVar[str]
+
+    def train(self, sample: dict, rng: np.random.Generator) -> torch.Tensor:
+        """The training item, every random choice drawn from ``rng``."""
+
+    def val(self, sample: dict, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """The evaluation item: deterministic (centre) without ``rng``, seeded random crops with it."""
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """Image shards: ``decode_image`` and the image transforms (uint8 ``3 size size``); ``draft``: training only."""
+
+    size: int
+    hflip: bool = False
+    draft: bool = False
+    limits: ImageLimits = ImageLimits()
+    converter: ClassVar[str] = "make_shards"
+
+    def train(self, sample: dict, rng: np.random.Generator) -> torch.Tensor:
+        image = decode_image(image_bytes(sample), self.size if self.draft else None, self.limits)
+        return train_transform(image, self.size, rng, self.hflip)
+
+    def val(self, sample: dict, rng: np.random.Generator | None = None) -> torch.Tensor:
+        image = decode_image(image_bytes(sample), limits=self.limits)
+        return val_transform(image, self.size) if rng is None else train_transform(image, self.size, rng, False)
 
 
 def _reader_slot() -> tuple[int, int]:
@@ -89,22 +135,19 @@ def _collate_train(samples: list[dict]) -> tuple[torch.Tensor, dict]:
     meta = {"pulled": samples[-1][NUMBER], "skips": skips,
             "missing_label": sum(0 if sample["label"] >= 0 else 1 for sample in samples),
             "labels": torch.tensor([sample["label"] for sample in samples], dtype=torch.int64)}
-    return torch.stack([sample["image"] for sample in samples]), meta
+    return torch.stack([sample["item"] for sample in samples]), meta
 
 
 class _TrainStream(IterableDataset):
-    """Worker side of one epoch of the training stream: (uint8 ``b 3 h w``, meta) for this reader's batches."""
+    """Worker side of one epoch of the training stream: (uint8 ``b 3 h w`` or ``b 3 t h w``, meta) for this reader's
+    batches."""
 
-    def __init__(self, urls: list[str], counts: list[int] | None, *, image_size: int, hflip: bool, draft: bool,
-                 limits: ImageLimits, shuffle_buffer: int, shard_shuffle: bool, seed: int, rank: int,
-                 world_size: int, num_readers: int, batch_size: int, epoch: int, start_batch: int, epoch_size: int,
-                 offsets: list[int]):
+    def __init__(self, urls: list[str], counts: list[int] | None, *, decoder: SampleDecoder, shuffle_buffer: int,
+                 shard_shuffle: bool, seed: int, rank: int, world_size: int, num_readers: int, batch_size: int,
+                 epoch: int, start_batch: int, epoch_size: int, offsets: list[int]):
         self.urls = urls
         self.counts = counts
-        self.image_size = image_size
-        self.hflip = hflip
-        self.draft_size = image_size if draft else None
-        self.limits = limits
+        self.decoder = decoder
         self.buffer_size = max(1, shuffle_buffer)
         self.shard_shuffle = shard_shuffle
         self.seed = seed
@@ -147,23 +190,23 @@ class _TrainStream(IterableDataset):
                                 "data.num_workers or more data.")
 
     def decoded(self, reader: int, samples: Iterable[dict]) -> Iterator[dict]:
-        """Decode and crop; unusable samples are dropped and reported (exact counts) with the next usable one."""
+        """The decoder's training items; unusable samples are dropped and reported (exact counts) with the next usable
+        one."""
         skips, consecutive = Skips(), 0
         for sample in samples:
+            rng = sample_rng(self.seed, Stream.STREAM_CROP, self.epoch, self.rank, reader, sample[NUMBER])
             try:
-                image = decode_image(image_bytes(sample), self.draft_size, self.limits)
+                item = self.decoder.train(sample, rng)
             except UnusableImageError as error:
                 skips.add(error, sample_name(sample))
                 consecutive += 1
                 if consecutive >= MAX_CONSECUTIVE_SKIPS:
                     raise DataError(f"{consecutive} samples in a row were unusable ({describe_counts(skips.counts)}; "
                                     f"last: {sample_name(sample)}: {error}): the shards look broken; re-create "
-                                    "them with make_shards.") from error
+                                    f"them with {self.decoder.converter}.") from error
                 continue
             consecutive = 0
-            rng = sample_rng(self.seed, Stream.STREAM_CROP, self.epoch, self.rank, reader, sample[NUMBER])
-            yield {"image": train_transform(image, self.image_size, rng, self.hflip), NUMBER: sample[NUMBER],
-                   "label": sample_label(sample), "skips": skips}
+            yield {"item": item, NUMBER: sample[NUMBER], "label": sample_label(sample), "skips": skips}
             skips = Skips()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
@@ -191,20 +234,20 @@ def _identity(item):
 
 
 class WdsTrainLoader(ResumableLoader):
-    """Iterates forever over float ``b 3 h w`` batches in [-1, 1] from WebDataset shards (see the module docstring)."""
+    """Iterates forever over float batches in [-1, 1] from WebDataset shards: ``b 3 h w`` images or ``b 3 t h w``
+    clips, as ``decoder`` makes them (see the module docstring); ``name`` is the ``data=`` source, for the logs."""
 
     exact_keys = ("seed", "world_size", "batch_size", "num_readers", "num_shards")
 
-    def __init__(self, urls: list[str], *, counts: list[int] | None, total_samples: int, image_size: int,
-                 hflip: bool, draft: bool, shuffle_buffer: int, shard_shuffle: bool, batch_size: int, rank: int,
-                 world_size: int, seed: int, num_workers: int, where: str = "data.shards",
-                 limits: ImageLimits = ImageLimits(), policy: SkipPolicy = SkipPolicy(), pin_memory: bool = False,
-                 labels: bool = False):
+    def __init__(self, urls: list[str], *, decoder: SampleDecoder, counts: list[int] | None, total_samples: int,
+                 shuffle_buffer: int, shard_shuffle: bool, batch_size: int, rank: int, world_size: int, seed: int,
+                 num_workers: int, name: str, where: str = "data.shards",
+                 policy: SkipPolicy = SkipPolicy(), pin_memory: bool = False, labels: bool = False):
         self.num_readers = max(1, num_workers)
         slots = world_size * self.num_readers
         if counts is None and len(urls) < slots:
             raise ValueError(f"data.shards has {len(urls)} shards, fewer than world_size x num_workers = {slots} "
-                             "readers, and no index with per-shard counts: write smaller shards (make_shards "
+                             f"readers, and no index with per-shard counts: write smaller shards ({decoder.converter} "
                              "--shard-size), provide the index (data.shards_index), or lower data.num_workers.")
         if counts is not None and sum(counts) < slots:
             raise ValueError(f"the shards hold {sum(counts)} samples, fewer than world_size x num_workers = {slots} "
@@ -213,14 +256,13 @@ class WdsTrainLoader(ResumableLoader):
         if epoch_size == 0:
             raise ValueError(f"the shards hold {total_samples} samples, fewer than world_size x batch_size = "
                              f"{world_size * batch_size}: use more data or a smaller train.batch_size.")
-        super().__init__(name="imagenet_wds", where=where, batch_size=batch_size, rank=rank, world_size=world_size,
+        super().__init__(name=name, where=where, batch_size=batch_size, rank=rank, world_size=world_size,
                          seed=seed, epoch_size=epoch_size, policy=policy, pin_memory=pin_memory)
         self.urls = urls
         self.counts = counts
         self.num_shards = len(urls)
         self.num_workers = num_workers
-        self.settings = dict(image_size=image_size, hflip=hflip, draft=draft, limits=limits,
-                             shuffle_buffer=shuffle_buffer, shard_shuffle=shard_shuffle)
+        self.settings = dict(decoder=decoder, shuffle_buffer=shuffle_buffer, shard_shuffle=shard_shuffle)
         self.offsets = [0] * self.num_readers
         self.counters["missing_label"] = 0
         self.labels = labels
@@ -241,7 +283,8 @@ class WdsTrainLoader(ResumableLoader):
             self.counters["missing_label"] += meta["missing_label"]
             if self.labels and meta["missing_label"]:
                 raise DataError(f"{self.where}: a sample without a label (.cls) on rank {self.rank} while training "
-                                "with labels: re-create the shards from class folders (make_shards).")
+                                f"with labels: re-create the shards from class folders "
+                                f"({self.settings['decoder'].converter}).")
             yield ((images, meta["labels"]) if self.labels else images), meta["skips"]
         self.offsets = [0] * self.num_readers
 
@@ -259,34 +302,45 @@ class WdsTrainLoader(ResumableLoader):
                             for reader in range(self.num_readers)]
 
 
-def _val_samples(shards: Iterable[tuple[str, int | None]]) -> Iterator[dict]:
-    for url, quota in shards:
-        yield from itertools.islice(iter_shard(url), quota)
+def _val_samples(shards: Iterable[tuple[int, str, int | None]]) -> Iterator[dict]:
+    for shard, url, quota in shards:
+        for position, sample in enumerate(itertools.islice(iter_shard(url), quota)):
+            yield {**sample, SHARD: shard, POSITION: position}
 
 
-def _val_decoded(samples: Iterable[dict], image_size: int, limits: ImageLimits) -> Iterator[dict]:
-    """Centre crops in order; unusable samples are reported with the next image (or a final image-less item)."""
+def _val_decoded(samples: Iterable[dict], decoder: SampleDecoder, crop_seed: int | None,
+                 copies: Mapping[tuple[int, int], int]) -> Iterator[tuple[torch.Tensor | None, int, Skips]]:
+    """The decoder's val items in order (each sample ``1 + copies`` times); unusable ones are reported with the next
+    item (or a final item-less one)."""
     skips = Skips()
     for sample in samples:
-        try:
-            image = decode_image(image_bytes(sample), limits=limits)
-        except UnusableImageError as error:
-            skips.add(error, sample_name(sample))
-            continue
-        yield val_transform(image, image_size), sample_label(sample), skips
-        skips = Skips()
+        key = (sample[SHARD], sample[POSITION])
+        for copy in range(1 + copies.get(key, 0)):
+            rng = None if crop_seed is None else sample_rng(crop_seed, Stream.VAL_CROP, *key, copy)
+            try:
+                item = decoder.val(sample, rng)
+            except UnusableImageError as error:
+                skips.add(error, sample_name(sample))
+                continue
+            yield item, sample_label(sample), skips
+            skips = Skips()
     if skips.total:
         yield None, -1, skips
 
 
 class WdsValLoader(CountedValPass):
-    """Iterates once over this rank's val shards (contiguous block of the ordered shard list); float ``b 3 h w``."""
+    """Iterates once over this rank's val shards (contiguous block of the ordered shard list): float ``b 3 h w``
+    images or ``b 3 t h w`` clips, as ``decoder`` makes them.
 
-    name = "imagenet_wds"
+    ``crop_seed``: seeded random crops, one per (shard, position, copy), instead of the centre; ``copies``: extra
+    copies of ``(shard number, position)`` samples (both for the video reference protocol; see the module
+    docstring)."""
 
-    def __init__(self, urls: list[str], *, image_size: int, batch_size: int, rank: int, world_size: int,
-                 num_workers: int, max_images: int | None, limits: ImageLimits = ImageLimits(),
-                 pin_memory: bool = False, labels: bool = False):
+    def __init__(self, urls: list[str], *, decoder: SampleDecoder, batch_size: int, rank: int, world_size: int,
+                 num_workers: int, max_images: int | None, name: str, pin_memory: bool = False,
+                 labels: bool = False, crop_seed: int | None = None,
+                 copies: Mapping[tuple[int, int], int] | None = None):
+        self.name = name
         self.labels = labels
         quotas: list[int | None] = [None] * len(urls)
         if max_images is not None:
@@ -295,10 +349,12 @@ class WdsValLoader(CountedValPass):
             spread = (np.arange(len(urls) + 1) * max_images) // len(urls)
             quotas = [int(b - a) for a, b in zip(spread[:-1], spread[1:])]
         blocks = np.array_split(np.arange(len(urls)), world_size)[rank]
-        self.shards = [(urls[i], quotas[i]) for i in blocks if quotas[i] != 0]
-        self.image_size = image_size
+        self.shards = [(int(i), urls[i], quotas[i]) for i in blocks if quotas[i] != 0]
+        self.decoder = decoder
+        self.crop_seed = crop_seed
+        mine = set(blocks.tolist())
+        self.copies = {key: count for key, count in (copies or {}).items() if key[0] in mine}
         self.batch_size = batch_size
-        self.limits = limits
         self.pin_memory = pin_memory
         self.num_workers = min(num_workers, len(self.shards))
 
@@ -310,7 +366,7 @@ class WdsValLoader(CountedValPass):
             functools.partial(iter, self.shards),  # (a list argument would be taken as a list of stages)
             wds.split_by_worker,
             _val_samples,
-            functools.partial(_val_decoded, image_size=self.image_size, limits=self.limits),
+            functools.partial(_val_decoded, decoder=self.decoder, crop_seed=self.crop_seed, copies=self.copies),
             wds.batched(self.batch_size, collation_fn=collate_val, partial=True),
         )
         loader = DataLoader(pipeline, batch_size=None, num_workers=self.num_workers, collate_fn=_identity)
