@@ -27,8 +27,8 @@ from openmagvit2 import hub, weights
 from openmagvit2.cli import check_additions
 from openmagvit2.config import ConfigError, cap_workers, data_config
 from openmagvit2.data.build import NoValidationSetError
-from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
-                              save_reconstruction_grid)
+from openmagvit2.eval import (FID_MODES, UINT8_MODES, check_metrics_apply, evaluate, required_weights,
+                              resolve_metrics, save_reconstruction_grid)
 from openmagvit2.eval.report import SEED_TABLE_HEADER, markdown_row, print_results, write_metrics_json
 from openmagvit2.eval.runner import AUTOCAST_DTYPES
 from openmagvit2.io.safe_load import CheckpointError
@@ -46,6 +46,7 @@ def validate(cfg: DictConfig) -> list[str]:
                           f"hf://<released repo> (e.g. hf://{hub.RELEASED[0].repo_id}).")
     try:
         metrics = resolve_metrics([cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics))
+        check_metrics_apply(metrics, clips=False)  # eval.py evaluates image tokenizers: rfvd is refused here
     except ValueError as error:
         raise ConfigError(str(error)) from None
     checks = [("fid_mode", cfg.fid_mode, FID_MODES), ("uint8", cfg.uint8, UINT8_MODES),
