@@ -30,8 +30,8 @@ from openmagvit2 import hub, weights
 from openmagvit2.cli import check_additions
 from openmagvit2.config import DATA_SOURCES, ConfigError, cap_workers, data_config
 from openmagvit2.data.build import NoValidationSetError
-from openmagvit2.eval import (FID_MODES, UINT8_MODES, evaluate, required_weights, resolve_metrics,
-                              save_reconstruction_grid)
+from openmagvit2.eval import (FID_MODES, UINT8_MODES, check_metrics_apply, evaluate, required_weights,
+                              resolve_metrics, save_reconstruction_grid)
 from openmagvit2.eval.report import SEED_TABLE_HEADER, markdown_row, print_results, write_metrics_json
 from openmagvit2.eval.runner import AUTOCAST_DTYPES
 from openmagvit2.eval.video_media import save_clip_grid, save_side_by_side
@@ -58,7 +58,8 @@ def validate(cfg: DictConfig, video: bool) -> list[str]:
     else:
         names = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics)
     try:
-        metrics = resolve_metrics(names, clips=video)
+        metrics = resolve_metrics(names)
+        check_metrics_apply(metrics, clips=video)  # rfid on clips, rfvd on images: refused before any work
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if cfg.protocol not in PROTOCOLS or (cfg.protocol == "reference" and not video):

@@ -1,6 +1,6 @@
 """The pretrained files we cannot download on an offline cluster: where the libraries look for them, and how to get them.
 
-Four files matter, each loaded by a library's own code (read from the installed sources, not guessed):
+Five files matter, four loaded by a library's own code (read from the installed sources, not guessed):
 
 - `lpips_vgg`, `lpips_alex`: the ImageNet VGG16 / AlexNet trunks that the `lpips` package builds with
   `torchvision.models.vgg16(pretrained=True)` / `alexnet(pretrained=True)`; torchvision fetches them with
@@ -13,10 +13,14 @@ Four files matter, each loaded by a library's own code (read from the installed 
   clean-fid's `/tmp` copy.
 - `inception_legacy`: pytorch-fid's Inception (`pt_inception-2015-12-05-6726825d.pth`), used by
   `fid_mode=legacy_pytorch`; clean-fid loads it with `torch.utils.model_zoo.load_url`, i.e. the same hub directory.
+- `i3d_400`: VideoGPT's converted Kinetics-400 I3D (`i3d_pretrained_400.pt`, Google Drive id from VideoGPT's
+  `download.py`), used by rFVD and loaded by our own `openmagvit2.eval.i3d.load_i3d`; kept in the same directory. Its
+  SHA-256 is not pinned (no copy was available when it was registered): a download prints the digest, and the file is
+  checked instead by loading it strictly into `InceptionI3d` (every key and shape must match).
 
 `require(names)` fails fast, before any model is built, with one message naming every missing file and the exact path
 it must be copied to; `python -m openmagvit2.weights download --all` (= `make weights`) fetches them on a machine with
-network, checks their SHA-256, and prints how to copy them to a cluster.
+network, checks their SHA-256 (or, where none is pinned, loads the file), and prints how to copy them to a cluster.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import argparse
 import shutil
 import sys
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +42,19 @@ CLEANFID_CACHE_DIR = Path("/tmp")  # hard-coded by cleanfid.features.feature_ext
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One pretrained file: what it is, where it comes from, and its SHA-256 (checked after every download)."""
+    """One pretrained file: what it is, where it comes from, and how a copy is checked after every download.
+
+    sha256: the published digest, or None where it is not known here (not pinned); such a file is checked by
+    `load_check` (a callable that raises `ValueError` on a wrong file) and its digest printed when downloaded.
+    """
 
     name: str
     filename: str
     url: str
-    sha256: str
+    sha256: str | None
     description: str
     also_found_in: tuple[Path, ...] = ()
+    load_check: Callable[[Path], object] | None = None
 
     @property
     def path(self) -> Path:
@@ -59,6 +68,14 @@ class WeightFile:
                 return candidate
         return None
 
+
+def _load_i3d(path: Path) -> object:
+    from openmagvit2.eval.i3d import load_i3d  # lazy: the evaluation networks are not needed to list weights
+
+    return load_i3d(path)
+
+
+VIDEOGPT_I3D_DRIVE_ID = "1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT"  # videogpt/download.py: _I3D_PRETRAINED_ID
 
 WEIGHTS: dict[str, WeightFile] = {
     spec.name: spec
@@ -92,6 +109,14 @@ WEIGHTS: dict[str, WeightFile] = {
                 "pt_inception-2015-12-05-6726825d.pth",
             sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
             description="pytorch-fid Inception-v3 (rFID, fid_mode=legacy_pytorch, as in the published numbers)",
+        ),
+        WeightFile(
+            name="i3d_400",
+            filename="i3d_pretrained_400.pt",
+            url=f"https://drive.google.com/uc?export=download&id={VIDEOGPT_I3D_DRIVE_ID}",
+            sha256=None,  # not pinned: checked by loading it strictly into InceptionI3d
+            description="VideoGPT's Kinetics-400 I3D (rFVD; also fetched by `gdown " + VIDEOGPT_I3D_DRIVE_ID + "`)",
+            load_check=_load_i3d,
         ),
     )
 }
@@ -137,7 +162,7 @@ def missing_message(specs: Sequence[WeightFile]) -> str:
     for spec in specs:
         lines.append(f"  - {spec.name}: {spec.description}")
         lines.append(f"      put {spec.filename} at {spec.path}")
-        lines.append(f"      (source {spec.url}, sha256 {spec.sha256})")
+        lines.append(f"      (source {spec.url}, sha256 {spec.sha256 or 'not pinned'})")
     names = " ".join(spec.name for spec in specs)
     lines.append(
         f"Fix: run `make weights` (or `python -m openmagvit2.weights download {names}`) on a machine with network, "
@@ -163,12 +188,24 @@ def require(names: Iterable[str]) -> None:
         raise MissingWeightsError(missing_message(absent))
 
 
-def verify(spec: WeightFile, path: Path) -> None:
-    """Raise `RuntimeError` when the file's SHA-256 differs from the published one."""
+def verify(spec: WeightFile, path: Path) -> str:
+    """The file's SHA-256; `RuntimeError` when it differs from the pinned one or, unpinned, the file does not load."""
     actual = file_sha256(path)
+    if spec.sha256 is None:
+        if spec.load_check is not None:
+            try:
+                spec.load_check(path)
+            except ValueError as error:  # CheckpointError: wrong keys, shapes, or not a torch file (an HTML page)
+                raise RuntimeError(f"{error} [fetch {spec.url} again, by hand if needed, to {spec.path}]") from None
+        return actual
     if actual != spec.sha256:
         raise RuntimeError(f"{path} has sha256 {actual}, expected {spec.sha256} for {spec.name}; delete it and "
                            f"download it again.")
+    return actual
+
+
+def _verified(spec: WeightFile, digest: str) -> str:
+    return "verified" if spec.sha256 is not None else f"checked by loading (sha256 {digest}, not pinned)"
 
 
 def download(names: Iterable[str], force: bool = False) -> list[Path]:
@@ -177,8 +214,8 @@ def download(names: Iterable[str], force: bool = False) -> list[Path]:
     for spec in _specs(names):
         destination = spec.path
         if destination.is_file() and not force:
-            verify(spec, destination)
-            print(f"{spec.name}: already present and verified at {destination}")
+            digest = verify(spec, destination)
+            print(f"{spec.name}: already present and {_verified(spec, digest)} at {destination}")
             paths.append(destination)
             continue
         print(f"{spec.name}: downloading {spec.url}")
@@ -187,12 +224,12 @@ def download(names: Iterable[str], force: bool = False) -> list[Path]:
                 with urllib.request.urlopen(spec.url, timeout=60) as response:
                     shutil.copyfileobj(response, tmp)
                 tmp.flush()
-                verify(spec, Path(tmp.name))
+                digest = verify(spec, Path(tmp.name))
         except OSError as error:  # URLError, HTTPError, timeouts, a read-only cache: all OSError
             reason = getattr(error, "reason", None) or error
             raise DownloadError(f"could not download {spec.filename} from {spec.url} ({reason}); fetch it on a "
                                 f"machine with network and put it at {destination}.") from None
-        print(f"{spec.name}: saved and verified at {destination}")
+        print(f"{spec.name}: saved and {_verified(spec, digest)} at {destination}")
         paths.append(destination)
     return paths
 
@@ -217,7 +254,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     fetch.add_argument("--all", action="store_true", help="every file")
     fetch.add_argument("--force", action="store_true", help="download again even when present")
     check = commands.add_parser("check", help="list which files are present (and where they must go)")
-    check.add_argument("--verify", action="store_true", help="also compare SHA-256 checksums (reads every file)")
+    check.add_argument("--verify", action="store_true",
+                       help="also compare SHA-256 checksums, or load the unpinned files (reads every file)")
     args = parser.parse_args(argv)
 
     if args.command == "download":
@@ -238,9 +276,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"MISSING  {spec.name}: put {spec.filename} at {spec.path}")
             status = 1
             continue
+        checked = ""
         if args.verify:
-            verify(spec, found)
-        print(f"ok       {spec.name}: {found}{' (sha256 verified)' if args.verify else ''}")
+            digest = verify(spec, found)
+            checked = f" ({'sha256 verified' if spec.sha256 is not None else _verified(spec, digest)})"
+        print(f"ok       {spec.name}: {found}{checked}")
     return status
 
 

@@ -8,14 +8,12 @@ Feature networks and pre-processing are clean-fid's own (`cleanfid.resize.build_
 - `legacy_pytorch`: the pytorch-fid network and its bilinear resize (align_corners=False) on the unquantised [0, 255]
   floats, which is what the published Open-MAGVIT2 numbers used; compare with the paper only in this mode.
 
-Instead of keeping all N x 2048 features, each set keeps streaming sums (count, sum, sum of outer products) in
-float64: the reduction across ranks is one all-reduce, and mean/covariance equal `np.mean` / `np.cov` of the stacked
-features (`fid_from_feats`) to float64 precision.
+Each set keeps streaming float64 sums of its features (`openmagvit2.eval.frechet`, shared with rFVD): one all-reduce
+across ranks, and the same mean/covariance as clean-fid's `fid_from_feats` to float64 precision.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -27,6 +25,7 @@ from einops import rearrange
 
 from openmagvit2 import weights
 from openmagvit2.eval.batch import EvalBatch, Metric
+from openmagvit2.eval.frechet import FeatureStatistics, frechet_distance
 from openmagvit2.eval.images import to_pixels, to_uint8
 
 FID_MODES = ("clean", "legacy_pytorch")
@@ -82,33 +81,6 @@ def prepare_for_inception(images: torch.Tensor, mode: str, uint8_mode: str = "ro
     return rearrange(stacked, "b h w c -> b c h w").to(images.device, non_blocking=True)
 
 
-class FeatureStatistics:
-    """Streaming count, sum and sum of outer products of `b d` features, in float64."""
-
-    def __init__(self, feature_dim: int, device: torch.device) -> None:
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        self.total = torch.zeros(feature_dim, dtype=torch.float64, device=device)
-        self.outer = torch.zeros(feature_dim, feature_dim, dtype=torch.float64, device=device)
-
-    def update(self, features: torch.Tensor) -> None:
-        features = features.detach().reshape(features.shape[0], -1).double()
-        if features.shape[1] != self.total.numel():
-            raise ValueError(f"the feature extractor returned {features.shape[1]} features per image, expected "
-                             f"{self.total.numel()}; pass feature_dim matching the extractor.")
-        self.count += features.shape[0]
-        self.total += features.sum(dim=0)
-        self.outer += features.T @ features
-
-    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
-        """`np.mean(feats, 0)` and `np.cov(feats, rowvar=False)` (unbiased) of everything seen."""
-        if self.count.item() < 2:
-            raise ValueError("FID needs at least 2 images; evaluate on more images (max_images) or drop rfid.")
-        n = self.count.item()
-        mean = self.total / n
-        covariance = (self.outer - n * torch.outer(mean, mean)) / (n - 1)
-        return mean.cpu().numpy(), covariance.cpu().numpy()
-
-
 class FID(Metric):
     """rFID between the originals and the reconstructions (see the module docstring for the two modes)."""
 
@@ -129,15 +101,7 @@ class FID(Metric):
         self.fake.update(self._features(batch.reconstructions))
 
     def state(self) -> list[torch.Tensor]:
-        return [self.real.count, self.real.total, self.real.outer, self.fake.count, self.fake.total, self.fake.outer]
+        return [*self.real.state(), *self.fake.state()]
 
     def compute(self) -> dict[str, float]:
-        from cleanfid.fid import frechet_distance
-
-        mean_real, cov_real = self.real.mean_and_covariance()
-        mean_fake, cov_fake = self.fake.mean_and_covariance()
-        with warnings.catch_warnings():
-            # clean-fid passes scipy's deprecated `disp` argument to sqrtm; nothing a user can act on
-            warnings.simplefilter("ignore", DeprecationWarning)
-            distance = frechet_distance(mean_real, cov_real, mean_fake, cov_fake)
-        return {"rfid": float(distance)}
+        return {"rfid": frechet_distance(self.real, self.fake)}

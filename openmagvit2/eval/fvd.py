@@ -1,0 +1,59 @@
+"""rFVD: Frechet distance between I3D embeddings of the original clips and of their reconstructions.
+
+The protocol of Open-MAGVIT2's `evaluation_video.py` / `metrics/fvd.py` (VideoGPT's FVD code):
+
+1. clips `b 3 t H W` in [-1, 1] -> uint8 (the batch's `uint8_mode`; the reference truncates, so pass
+   `uint8_mode="truncate"` to reproduce its numbers);
+2. every frame resized to 224x224, bilinear with align_corners=False, on the float uint8 values; then `2x/255 - 1`;
+3. `InceptionI3d(400)` with VideoGPT's Kinetics-400 weights (`openmagvit2.eval.i3d`) -> 400 logits averaged over
+   time per clip;
+4. Frechet distance between all real and all reconstructed embeddings, unbiased covariances (no sub-sampling), from
+   streaming float64 sums (`openmagvit2.eval.frechet`, shared with rFID).
+
+Clips need at least 9 frames (the published protocol uses 17).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from openmagvit2.eval.batch import EvalBatch, Metric
+from openmagvit2.eval.frechet import FeatureStatistics, frechet_distance
+from openmagvit2.eval.i3d import I3D_FEATURES, I3D_SIZE, build_i3d
+
+# Maps clips `b 3 t 224 224` in [-1, 1] to `b d` embeddings.
+ClipFeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def prepare_for_i3d(clips_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 clips `b 3 t h w` -> float clips `b 3 t 224 224` in [-1, 1] on the same device, as the reference does."""
+    frames = rearrange(clips_uint8, "b c t h w -> (b t) c h w").float()
+    resized = F.interpolate(frames, size=(I3D_SIZE, I3D_SIZE), mode="bilinear", align_corners=False)
+    return rearrange(2.0 * resized / 255.0 - 1.0, "(b t) c h w -> b c t h w", b=clips_uint8.shape[0])
+
+
+class FVD(Metric):
+    """rFVD between the original clips and their reconstructions (see the module docstring for the protocol)."""
+
+    def __init__(self, device: torch.device, extractor: ClipFeatureExtractor | None = None,
+                 feature_dim: int = I3D_FEATURES) -> None:
+        self.extractor = extractor if extractor is not None else build_i3d(str(device))
+        self.real = FeatureStatistics(feature_dim, device, metric="rfvd", samples="clips")
+        self.fake = FeatureStatistics(feature_dim, device, metric="rfvd", samples="clips")
+
+    def _features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
+        return self.extractor(prepare_for_i3d(clips_uint8)).float()
+
+    @torch.no_grad()
+    def update(self, batch: EvalBatch) -> None:
+        self.real.update(self._features(batch.clips_uint8))
+        self.fake.update(self._features(batch.reconstructed_clips_uint8))
+
+    def state(self) -> list[torch.Tensor]:
+        return [*self.real.state(), *self.fake.state()]
+
+    def compute(self) -> dict[str, float]:
+        return {"rfvd": frechet_distance(self.real, self.fake)}
