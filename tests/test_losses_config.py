@@ -8,7 +8,8 @@ from openmagvit2.config import ConfigError, LossConfig
 
 # What each option changes from the schema's defaults (the released v1 recipe; pinned in tests/test_config.py).
 OPTIONS = {"recipe": {}, "recipe_128_large": {"lecam_weight": 0.01}, "recipe_256_large": {"lecam_weight": 0.05},
-           "no_perceptual": {"perceptual_weight": 0.0}}
+           "no_perceptual": {"perceptual_weight": 0.0},
+           "recipe_video": {"gen_loss_weight": 0.3, "lecam_weight": 0.05}}  # REFERENCE-VIDEO §3
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))

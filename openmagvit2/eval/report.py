@@ -20,12 +20,22 @@ DISPLAY = {
     "perplexity": ("code perplexity", "{:.1f}", "exp(entropy) of the code histogram"),
     "num_images": ("images", "{:.0f}", "evaluated, each counted once across ranks"),
 }
+# What changes when the samples are clips (`num_frames` in the results): the per-image metrics are per frame.
+CLIP_DISPLAY = {
+    "rfvd": ("rFVD", "{:.2f}", "lower is better; I3D (Kinetics-400) logits of original vs reconstructed clips"),
+    "psnr": ("PSNR (dB)", "{:.2f}", "per frame on 8-bit frames, averaged over every frame"),
+    "ssim": ("SSIM", "{:.4f}", "per frame on 8-bit frames (scikit-image definition), averaged"),
+    "lpips_alex": ("LPIPS (AlexNet)", "{:.4f}", "lpips v0.1, per frame, averaged"),
+    "lpips_vgg": ("LPIPS (VGG)", "{:.4f}", "lpips v0.1, per frame, averaged"),
+    "num_images": ("clips", "{:.0f}", "evaluated, each counted once across ranks"),
+    "num_frames": ("frames", "{:.0f}", "in those clips"),
+}
 SEED_TABLE_HEADER = ("| model | train res | tokens at eval | codebook | rFID | PSNR | usage |\n"
                      "|---|---|---|---|---|---|---|")
 
 
-def format_value(key: str, value: float) -> str:
-    return DISPLAY[key][1].format(value) if key in DISPLAY else f"{value:.4g}"
+def format_value(key: str, value: float, display: dict = DISPLAY) -> str:
+    return display[key][1].format(value) if key in display else f"{value:.4g}"
 
 
 def results_table(results: dict[str, float], title: str, fid_mode: str | None = None) -> Table:
@@ -34,12 +44,13 @@ def results_table(results: dict[str, float], title: str, fid_mode: str | None = 
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("note")
-    ordered = [key for key in DISPLAY if key in results] + sorted(set(results) - set(DISPLAY))
+    display = {**DISPLAY, **CLIP_DISPLAY} if "num_frames" in results else DISPLAY
+    ordered = [key for key in display if key in results] + sorted(set(results) - set(display))
     for key in ordered:
-        label, _, note = DISPLAY.get(key, (key, "", ""))
+        label, _, note = display.get(key, (key, "", ""))
         if key == "rfid" and fid_mode is not None:
             note = f"{note} (fid_mode={fid_mode})"
-        table.add_row(label, format_value(key, results[key]), note)
+        table.add_row(label, format_value(key, results[key], display), note)
     return table
 
 
