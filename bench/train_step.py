@@ -247,12 +247,19 @@ def compose_config(args: argparse.Namespace, overrides: list[str]) -> DictConfig
     if args.model:
         base.append(f"model={args.model}")
     perceptual = [] if args.perceptual == "random" else ["loss.perceptual_weight=0"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            *base, *perceptual, f"data.image_size={args.image_size}", f"train.batch_size={args.batch_size}",
-            f"quantizer.codebook_bits={args.bits}", f"device={args.device}", *args.override, *overrides])
+    cfg = compose_run_config([
+        *base, *perceptual, f"data.image_size={args.image_size}", f"train.batch_size={args.batch_size}",
+        f"quantizer.codebook_bits={args.bits}", f"device={args.device}", *args.override, *overrides])
     validate_config(cfg)
     return cfg
+
+
+def compose_run_config(overrides: list[str]) -> DictConfig:
+    """The training config train.py composes from conf/ for these command-line overrides (not yet validated).
+
+    Shared with bench/video.py."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
