@@ -24,7 +24,7 @@ from rich.table import Table
 from openmagvit2.paths import entry_script
 
 MIN_GAIN_DB = 1.0
-VIDEO_FRAMES, VIDEO_SIZE, VIDEOS_PER_PHOTO = 24, 72, 4  # 72 px videos, cropped to the experiment's 64 px clips
+VIDEO_FRAMES, VIDEO_SIZE, VIDEOS_PER_PHOTO = 24, 56, 4  # 56 px videos, cropped to the experiment's 48 px clips
 TEST_PHOTOS = ["coffee"]  # held out, as in `make demo`
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
           *overrides])
     checkpoints = sorted((train_dir / "checkpoints").glob("step_*.pt"))
     _run([str(entry_script("eval")), f"ckpt={checkpoints[-1]}", "data=video_wds", f"data.root={shards}",
-          "data.frames=9", "data.image_size=64", "data.num_workers=0", "metrics=[psnr,ssim,usage]", "batch_size=4",
+          "data.frames=9", "data.image_size=48", "data.num_workers=0", "metrics=[psnr,ssim,usage]", "batch_size=4",
           "grid_images=2", f"hydra.run.dir={eval_dir}"])
 
     history = [json.loads(line) for line in (train_dir / "eval_history.jsonl").read_text().splitlines()]
