@@ -22,48 +22,60 @@ from openmagvit2.paths import entry_script
 MIN_GAIN_DB = 1.0
 
 
-def _run(args: list[str]) -> None:
+def run_entry(args: list[str]) -> None:
+    """Run `python <args>` (an entry point of the project), echoing the command; exit with its code if it fails."""
     print("+ python " + " ".join(args), flush=True)
     completed = subprocess.run([sys.executable, *args])
     if completed.returncode != 0:
         sys.exit(completed.returncode)
 
 
-def main(argv: list[str]) -> int:
-    run_dir = Path(f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    overrides = []
+def demo_arguments(argv: list[str], default_run_dir: str) -> tuple[Path, list[str]]:
+    """(absolute run dir, the other arguments as train.py overrides) from `run_dir=... key=value ...`."""
+    run_dir, overrides = Path(default_run_dir), []
     for arg in argv:
         if arg.startswith("run_dir="):
             run_dir = Path(arg.split("=", 1)[1])
         else:
             overrides.append(arg)
-    run_dir = run_dir.resolve()  # relative to the directory the demo was started from
+    return run_dir.resolve(), overrides  # relative to the directory the demo was started from
 
-    _run([str(entry_script("train")), "experiment=demo", f"hydra.run.dir={run_dir}", *overrides])
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    _run([str(entry_script("eval")), f"ckpt={checkpoints[-1]}", "data=sample", "metrics=[psnr,ssim,usage]",
-          f"hydra.run.dir={run_dir / 'eval'}"])
 
-    history = [json.loads(line) for line in (run_dir / "eval_history.jsonl").read_text().splitlines()]
+def report_psnr_gain(train_dir: Path, eval_dir: Path, title: str, psnr_label: str, where: dict[str, str]) -> int:
+    """Print PSNR and usage at the first and last in-training evaluation, eval.py's final metrics and where the
+    outputs are; 0 when PSNR rose by at least MIN_GAIN_DB, else 1."""
+    history = [json.loads(line) for line in (train_dir / "eval_history.jsonl").read_text().splitlines()]
     first, last = history[0], history[-1]
-    final = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    table = Table(title=f"demo: tiny tokenizer, held-out crops ({run_dir})")
+    final = json.loads((eval_dir / "metrics.json").read_text())
+    table = Table(title=title)
     table.add_column("")
     table.add_column(f"step {first['step']}", justify="right")
     table.add_column(f"step {last['step']}", justify="right")
-    table.add_row("PSNR (dB)", f"{first['val/psnr']:.2f}", f"{last['val/psnr']:.2f}")
+    table.add_row(psnr_label, f"{first['val/psnr']:.2f}", f"{last['val/psnr']:.2f}")
     table.add_row("codebook usage", f"{first['val/usage']:.4%}", f"{last['val/usage']:.4%}")
     console = Console()
     console.print(table)
     console.print(f"eval.py on the final EMA weights: {json.dumps(final.get('metrics', final), sort_keys=True)}")
-    console.print(f"checkpoints: {run_dir / 'checkpoints'}\nreconstructions: {run_dir / 'eval'}\n"
-                  f"training images: {run_dir / 'images'}\nmetrics: {run_dir / 'eval' / 'metrics.json'}")
+    console.print("\n".join(f"{name}: {path}" for name, path in where.items()))
     gain = last["val/psnr"] - first["val/psnr"]
     if gain < MIN_GAIN_DB:
         console.print(f"[red]PSNR improved by only {gain:.2f} dB; the demo expects at least {MIN_GAIN_DB} dB.")
         return 1
     console.print(f"[green]PSNR improved by {gain:.2f} dB over {last['step']} steps.")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    run_dir, overrides = demo_arguments(argv, f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_entry([str(entry_script("train")), "experiment=demo", f"hydra.run.dir={run_dir}", *overrides])
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    run_entry([str(entry_script("eval")), f"ckpt={checkpoints[-1]}", "data=sample", "metrics=[psnr,ssim,usage]",
+               f"hydra.run.dir={run_dir / 'eval'}"])
+    return report_psnr_gain(run_dir, run_dir / "eval", f"demo: tiny tokenizer, held-out crops ({run_dir})",
+                            "PSNR (dB)", {"checkpoints": str(run_dir / "checkpoints"),
+                                          "reconstructions": str(run_dir / "eval"),
+                                          "training images": str(run_dir / "images"),
+                                          "metrics": str(run_dir / "eval" / "metrics.json")})
 
 
 if __name__ == "__main__":

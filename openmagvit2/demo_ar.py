@@ -13,7 +13,6 @@ Exits non-zero when the NLL did not fall clearly.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from openmagvit2.demo import run_entry
 from openmagvit2.paths import entry_script
 
 MIN_NLL_DROP = 0.10  # the final validation NLL must be at least 10% below the untrained model's
-
-
-def _run(args: list[str]) -> None:
-    print("+ python " + " ".join(args), flush=True)
-    completed = subprocess.run([sys.executable, *args])
-    if completed.returncode != 0:
-        sys.exit(completed.returncode)
 
 
 def demo_tokenizer(run_dir: Path, given: str | None) -> Path:
@@ -40,7 +33,7 @@ def demo_tokenizer(run_dir: Path, given: str | None) -> Path:
     finished = sorted(Path("runs").glob("demo-*/checkpoints/step_*.pt"), key=lambda path: path.stat().st_mtime)
     if finished:
         return finished[-1].resolve()
-    _run([str(entry_script("train")), "experiment=demo", f"hydra.run.dir={run_dir / 'tokenizer'}"])
+    run_entry([str(entry_script("train")), "experiment=demo", f"hydra.run.dir={run_dir / 'tokenizer'}"])
     return sorted((run_dir / "tokenizer" / "checkpoints").glob("step_*.pt"))[-1]
 
 
@@ -58,9 +51,9 @@ def main(argv: list[str]) -> int:
     checkpoint = demo_tokenizer(run_dir, tokenizer)
     tokens = run_dir / "tokens"
     for split in ("train", "val"):
-        _run(["-m", "openmagvit2.tokenize", f"ckpt={checkpoint}", "data=sample", f"split={split}",
+        run_entry(["-m", "openmagvit2.tokenize", f"ckpt={checkpoint}", "data=sample", f"split={split}",
               f"out={tokens}", f"hydra.run.dir={run_dir / 'tokenize' / split}"])
-    _run([str(entry_script("train")), "experiment=ar_demo", f"data.root={tokens}", f"task.tokenizer={checkpoint}",
+    run_entry([str(entry_script("train")), "experiment=ar_demo", f"data.root={tokens}", f"task.tokenizer={checkpoint}",
           f"hydra.run.dir={run_dir / 'ar'}", *overrides])
 
     history = [json.loads(line) for line in (run_dir / "ar" / "eval_history.jsonl").read_text().splitlines()]

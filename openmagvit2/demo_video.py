@@ -12,27 +12,15 @@
 """
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from openmagvit2.demo import demo_arguments, report_psnr_gain, run_entry
 from openmagvit2.paths import entry_script
 
-MIN_GAIN_DB = 1.0
 VIDEO_FRAMES, VIDEO_SIZE, VIDEOS_PER_PHOTO = 24, 56, 4  # 56 px videos, cropped to the experiment's 48 px clips
 TEST_PHOTOS = ["coffee"]  # held out, as in `make demo`
-
-
-def _run(args: list[str]) -> None:
-    print("+ python " + " ".join(args), flush=True)
-    completed = subprocess.run([sys.executable, *args])
-    if completed.returncode != 0:
-        sys.exit(completed.returncode)
 
 
 def make_shards(run_dir: Path) -> Path:
@@ -45,51 +33,28 @@ def make_shards(run_dir: Path) -> Path:
         videos = write_camera_motion_videos(run_dir / "videos" / split, photos, VIDEOS_PER_PHOTO, VIDEO_FRAMES,
                                             VIDEO_SIZE, seed=0 if split == "train" else 1)
         print(f"wrote {len(videos)} {split} videos under {run_dir / 'videos' / split}", flush=True)
-        _run(["-m", "openmagvit2.data.make_video_shards", "--src", str(run_dir / "videos" / split), "--out",
+        run_entry(["-m", "openmagvit2.data.make_video_shards", "--src", str(run_dir / "videos" / split), "--out",
               str(shards), "--prefix", split, "--shard-size", "4"])
     return shards
 
 
 def main(argv: list[str]) -> int:
-    run_dir = Path(f"runs/demo-video-{time.strftime('%Y%m%d-%H%M%S')}")
-    overrides = []
-    for arg in argv:
-        if arg.startswith("run_dir="):
-            run_dir = Path(arg.split("=", 1)[1])
-        else:
-            overrides.append(arg)
-    run_dir = run_dir.resolve()
+    run_dir, overrides = demo_arguments(argv, f"runs/demo-video-{time.strftime('%Y%m%d-%H%M%S')}")
     shards = make_shards(run_dir)
     train_dir, eval_dir = run_dir / "train", run_dir / "eval"
-    _run([str(entry_script("train")), "experiment=video_demo", f"data.root={shards}", f"hydra.run.dir={train_dir}",
-          *overrides])
+    run_entry([str(entry_script("train")), "experiment=video_demo", f"data.root={shards}",
+               f"hydra.run.dir={train_dir}", *overrides])
     checkpoints = sorted((train_dir / "checkpoints").glob("step_*.pt"))
-    _run([str(entry_script("eval")), f"ckpt={checkpoints[-1]}", "data=video_wds", f"data.root={shards}",
-          "data.frames=9", "data.image_size=48", "data.num_workers=0", "metrics=[psnr,ssim,usage]", "batch_size=4",
-          "grid_images=2", f"hydra.run.dir={eval_dir}"])
-
-    history = [json.loads(line) for line in (train_dir / "eval_history.jsonl").read_text().splitlines()]
-    first, last = history[0], history[-1]
-    final = json.loads((eval_dir / "metrics.json").read_text())
-    table = Table(title=f"demo-video: video_tiny, 9-frame test clips of a held-out photo ({run_dir})")
-    table.add_column("")
-    table.add_column(f"step {first['step']}", justify="right")
-    table.add_column(f"step {last['step']}", justify="right")
-    table.add_row("PSNR per frame (dB)", f"{first['val/psnr']:.2f}", f"{last['val/psnr']:.2f}")
-    table.add_row("codebook usage", f"{first['val/usage']:.4%}", f"{last['val/usage']:.4%}")
-    console = Console()
-    console.print(table)
-    console.print(f"eval.py on the final EMA weights: {json.dumps(final.get('metrics', final), sort_keys=True)}")
+    run_entry([str(entry_script("eval")), f"ckpt={checkpoints[-1]}", "data=video_wds", f"data.root={shards}",
+               "data.frames=9", "data.image_size=48", "data.num_workers=0", "metrics=[psnr,ssim,usage]",
+               "batch_size=4", "grid_images=2", f"hydra.run.dir={eval_dir}"])
     media = ", ".join(str(eval_dir / name) for name in ("reconstructions.png", "reconstructions.gif",
                                                         "reconstructions.mp4") if (eval_dir / name).exists())
-    console.print(f"videos: {run_dir / 'videos'}\nshards: {shards}\ncheckpoints: {train_dir / 'checkpoints'}\n"
-                  f"originals | reconstructions: {media}\ntraining frame grids: {train_dir / 'images'}")
-    gain = last["val/psnr"] - first["val/psnr"]
-    if gain < MIN_GAIN_DB:
-        console.print(f"[red]PSNR improved by only {gain:.2f} dB; the demo expects at least {MIN_GAIN_DB} dB.")
-        return 1
-    console.print(f"[green]PSNR improved by {gain:.2f} dB over {last['step']} steps.")
-    return 0
+    return report_psnr_gain(train_dir, eval_dir, f"demo-video: video_tiny, 9-frame test clips of a held-out photo "
+                            f"({run_dir})", "PSNR per frame (dB)",
+                            {"videos": str(run_dir / "videos"), "shards": str(shards),
+                             "checkpoints": str(train_dir / "checkpoints"), "originals | reconstructions": media,
+                             "training frame grids": str(train_dir / "images")})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from openmagvit2.eval import required_weights, resolve_metrics
 from openmagvit2.eval.batch import EvalBatch
-from openmagvit2.eval.fid import FID, FeatureStatistics, prepare_for_inception
+from openmagvit2.eval.fid import FID, prepare_for_inception
+from openmagvit2.eval.frechet import FeatureStatistics
 from openmagvit2.eval.images import to_uint8
 from openmagvit2.eval.perceptual import LPIPS
 from openmagvit2.eval.pixel import PSNR, SSIM, psnr_per_image, ssim_per_image

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from openmagvit2 import weights
-from openmagvit2.eval.batch import EvalBatch, Metric
-from openmagvit2.eval.frechet import FeatureStatistics, frechet_distance
+from openmagvit2.eval.batch import EvalBatch
+from openmagvit2.eval.frechet import FrechetMetric
 from openmagvit2.eval.images import to_pixels, to_uint8
 
 FID_MODES = ("clean", "legacy_pytorch")
@@ -81,27 +81,18 @@ def prepare_for_inception(images: torch.Tensor, mode: str, uint8_mode: str = "ro
     return rearrange(stacked, "b h w c -> b c h w").to(images.device, non_blocking=True)
 
 
-class FID(Metric):
+class FID(FrechetMetric):
     """rFID between the originals and the reconstructions (see the module docstring for the two modes)."""
+
+    name = "rfid"
 
     def __init__(self, device: torch.device, mode: str = "clean", uint8_mode: str = "round",
                  extractor: FeatureExtractor | None = None, feature_dim: int = INCEPTION_FEATURES) -> None:
         check_mode(mode)
+        super().__init__(feature_dim, device)
         self.mode, self.uint8_mode = mode, uint8_mode
         self.extractor = extractor if extractor is not None else build_inception(mode, str(device))
-        self.real = FeatureStatistics(feature_dim, device)
-        self.fake = FeatureStatistics(feature_dim, device)
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, batch: EvalBatch, reconstructed: bool) -> torch.Tensor:
+        images = batch.reconstructions if reconstructed else batch.images
         return self.extractor(prepare_for_inception(images, self.mode, self.uint8_mode)).float()
-
-    @torch.no_grad()
-    def update(self, batch: EvalBatch) -> None:
-        self.real.update(self._features(batch.images))
-        self.fake.update(self._features(batch.reconstructions))
-
-    def state(self) -> list[torch.Tensor]:
-        return [*self.real.state(), *self.fake.state()]
-
-    def compute(self) -> dict[str, float]:
-        return {"rfid": frechet_distance(self.real, self.fake)}

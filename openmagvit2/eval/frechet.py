@@ -10,9 +10,12 @@ form that FVD scripts use (`tr sqrt(S1^1/2 S2 S1^1/2)` by SVD) is the same quant
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 
 import numpy as np
 import torch
+
+from openmagvit2.eval.batch import EvalBatch, Metric
 
 
 class FeatureStatistics:
@@ -61,3 +64,30 @@ def frechet_distance(real: FeatureStatistics, fake: FeatureStatistics) -> float:
         # clean-fid passes scipy's deprecated `disp` argument to sqrtm; nothing a user can act on
         warnings.simplefilter("ignore", DeprecationWarning)
         return float(distance(mean_real, cov_real, mean_fake, cov_fake))
+
+
+class FrechetMetric(Metric):
+    """A Frechet distance between the features of the originals and of their reconstructions (rFID, rFVD): two
+    streaming feature sets; a subclass says what its features are."""
+
+    name: str  # the result key, e.g. "rfid"
+    samples: str = "images"  # what one feature vector describes (in error messages)
+
+    def __init__(self, feature_dim: int, device: torch.device) -> None:
+        self.real = FeatureStatistics(feature_dim, device, metric=self.name, samples=self.samples)
+        self.fake = FeatureStatistics(feature_dim, device, metric=self.name, samples=self.samples)
+
+    @abstractmethod
+    def features(self, batch: EvalBatch, reconstructed: bool) -> torch.Tensor:
+        """`n d` features of the batch's originals (or reconstructions)."""
+
+    @torch.no_grad()
+    def update(self, batch: EvalBatch) -> None:
+        self.real.update(self.features(batch, reconstructed=False))
+        self.fake.update(self.features(batch, reconstructed=True))
+
+    def state(self) -> list[torch.Tensor]:
+        return [*self.real.state(), *self.fake.state()]
+
+    def compute(self) -> dict[str, float]:
+        return {self.name: frechet_distance(self.real, self.fake)}

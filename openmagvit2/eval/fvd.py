@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from openmagvit2.eval.batch import EvalBatch, Metric
-from openmagvit2.eval.frechet import FeatureStatistics, frechet_distance
+from openmagvit2.eval.batch import EvalBatch
+from openmagvit2.eval.frechet import FrechetMetric
 from openmagvit2.eval.i3d import I3D_FEATURES, I3D_SIZE, build_i3d
 
 # Maps clips `b 3 t 224 224` in [-1, 1] to `b d` embeddings.
@@ -35,25 +35,16 @@ def prepare_for_i3d(clips_uint8: torch.Tensor) -> torch.Tensor:
     return rearrange(2.0 * resized / 255.0 - 1.0, "(b t) c h w -> b c t h w", b=clips_uint8.shape[0])
 
 
-class FVD(Metric):
+class FVD(FrechetMetric):
     """rFVD between the original clips and their reconstructions (see the module docstring for the protocol)."""
+
+    name, samples = "rfvd", "clips"
 
     def __init__(self, device: torch.device, extractor: ClipFeatureExtractor | None = None,
                  feature_dim: int = I3D_FEATURES) -> None:
+        super().__init__(feature_dim, device)
         self.extractor = extractor if extractor is not None else build_i3d(str(device))
-        self.real = FeatureStatistics(feature_dim, device, metric="rfvd", samples="clips")
-        self.fake = FeatureStatistics(feature_dim, device, metric="rfvd", samples="clips")
 
-    def _features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
-        return self.extractor(prepare_for_i3d(clips_uint8)).float()
-
-    @torch.no_grad()
-    def update(self, batch: EvalBatch) -> None:
-        self.real.update(self._features(batch.clips_uint8))
-        self.fake.update(self._features(batch.reconstructed_clips_uint8))
-
-    def state(self) -> list[torch.Tensor]:
-        return [*self.real.state(), *self.fake.state()]
-
-    def compute(self) -> dict[str, float]:
-        return {"rfvd": frechet_distance(self.real, self.fake)}
+    def features(self, batch: EvalBatch, reconstructed: bool) -> torch.Tensor:
+        clips = batch.reconstructed_clips_uint8 if reconstructed else batch.clips_uint8
+        return self.extractor(prepare_for_i3d(clips)).float()
