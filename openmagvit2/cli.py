@@ -15,7 +15,8 @@ from openmagvit2.errors import ConfigError
 
 HELP = {
     "train": """\
-Train a MAGVIT-2 tokenizer. Settings are Hydra overrides: group=option and key=value.
+Train a MAGVIT-2 tokenizer (image or video) or the Stage II generator. Settings are Hydra overrides: group=option
+and key=value.
 
 Examples
   python train.py experiment=demo                          # the CPU demo, a few minutes
@@ -26,6 +27,7 @@ Examples
   python train.py train.init_from=hf://TencentARC/Open-MAGVIT2-Tokenizer-256-resolution experiment=in256_large
   python train.py -m experiment=demo loss.codebook_weight=0.05,0.1   # a sweep (or sweep=demo)
   python -m openmagvit2.launch submit cluster=slurm_32gpu experiment=in256_large   # SLURM
+  python train.py experiment=ucf101_128_large data.root=/data/ucf101_shards   # the causal video tokenizer
 
 Groups (group=option)
 {groups}
@@ -38,7 +40,8 @@ Keys (key=value; each group's keys, defaults and bounds: the dataclasses in open
 More: python train.py experiment=demo --cfg job   (the composed config)   docs/*.md, conf/sweep/README.md
 """,
     "eval": """\
-Evaluate a tokenizer: rFID, PSNR, SSIM, LPIPS and codebook usage over a validation set.
+Evaluate a tokenizer: rFID, PSNR, SSIM, LPIPS and codebook usage over a validation set (video: rFVD and
+per-frame metrics on clips).
 
 Examples
   python eval.py ckpt=runs/demo/.../checkpoints/step_00000400.pt metrics=[psnr,ssim,usage]   # no weights needed
@@ -46,21 +49,22 @@ Examples
       data=imagenet_folder data.val_dir=/data/imagenet/val data.image_size=256 fid_mode=legacy_pytorch
   python eval.py ckpt=imagenet_128_L.ckpt data=imagenet_wds "data.val_shards='/data/val-{{000000..000049}}.tar'"
   torchrun --nproc_per_node=8 eval.py ckpt=... data=imagenet_folder data.val_dir=/data/imagenet/val
+  python eval.py ckpt=hf://TencentARC/Open-MAGVIT2-Tokenizer-262144-Video data=video_wds data.root=/data/ucf101_shards
 
 Groups (group=option)
 {groups}
 
 Keys (key=value)
   ckpt (a .pt/.ckpt file, a save_pretrained folder or hf://<released repo>)  metrics=[rfid,psnr,ssim,lpips,usage]
-  fid_mode=clean|legacy_pytorch  use_ema  precision=fp32|bf16|fp16  batch_size  max_images  grid_images  device
+  protocol=centre|reference (clips)  pad_to  fid_mode=clean|legacy_pytorch  use_ema  precision=fp32|bf16|fp16  batch_size  max_images  grid_images  device
   Only the validation split is read (data.val_dir / data.val_shards); rFID and LPIPS need `make weights`.
 
 More: conf/eval.yaml, docs/evaluation.md
 """,
 }
 # The groups each entry point composes (eval.py shares the model/quantizer/data/logger groups with training).
-GROUPS = {"train": ("experiment", "model", "quantizer", "loss", "data", "optim", "logger", "cluster", "debug",
-                    "sweep"),
+GROUPS = {"train": ("experiment", "task", "model", "video_model", "ar_model", "quantizer", "loss", "data", "optim",
+                    "logger", "cluster", "debug", "sweep"),
           "eval": ("model", "quantizer", "data", "logger")}
 
 
