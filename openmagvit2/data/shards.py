@@ -95,13 +95,19 @@ def iter_shard(url: str) -> Iterator[dict]:
     return wds.tarfile_samples([{"url": url}], handler=_raise_shard_error(url))
 
 
-def image_bytes(sample: dict) -> bytes:
-    """The encoded image of a sample (first known image field); :class:`CorruptImageError` when there is none."""
-    for field in IMAGE_FIELDS:
+def encoded_bytes(sample: dict, fields: Sequence[str], kind: str) -> bytes:
+    """The encoded payload of a sample: its first field among `fields` (the image or video extensions);
+    :class:`CorruptImageError` naming the sample's fields when it has none."""
+    for field in fields:
         if field in sample:
             return sample[field]
-    fields = sorted(key for key in sample if not key.startswith("__"))
-    raise CorruptImageError(f"sample has no image field (fields: {fields})")
+    present = sorted(key for key in sample if not key.startswith("__"))
+    raise CorruptImageError(f"sample has no {kind} field (fields: {present})")
+
+
+def image_bytes(sample: dict) -> bytes:
+    """The encoded image of a sample (first known image field)."""
+    return encoded_bytes(sample, IMAGE_FIELDS, "image")
 
 
 def has_label(sample: dict) -> bool:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .decode import CorruptImageError, ImageLimits, UnusableImageError
 from .folder import FolderListing
+from .shards import encoded_bytes
 from .transforms import Stream, center_crop_box, random_crop_box, sample_rng
 
 VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".webm", ".mkv", ".mov"})
@@ -166,12 +167,8 @@ def resize_crop_clip(frames: np.ndarray, size: int, rng: np.random.Generator | N
 
 
 def video_bytes(sample: dict) -> bytes:
-    """The encoded video of a shard sample (first known video field); :class:`CorruptImageError` when there is none."""
-    for field in VIDEO_FIELDS:
-        if field in sample:
-            return sample[field]
-    fields = sorted(key for key in sample if not key.startswith("__"))
-    raise CorruptImageError(f"sample has no video field (fields: {fields})")
+    """The encoded video of a shard sample (first known video field)."""
+    return encoded_bytes(sample, VIDEO_FIELDS, "video")
 
 
 @dataclass(frozen=True)
