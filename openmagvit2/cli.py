@@ -15,8 +15,7 @@ from openmagvit2.errors import ConfigError
 
 HELP = {
     "train": """\
-Train a MAGVIT-2 tokenizer (image or video) or the Stage II generator. Settings are Hydra overrides: group=option
-and key=value.
+Train a MAGVIT-2 tokenizer (images or video) or the Stage II generator. Settings: group=option and key=value.
 
 Examples
   python train.py experiment=demo                          # the CPU demo, a few minutes
@@ -40,8 +39,7 @@ Keys (key=value; each group's keys, defaults and bounds: the dataclasses in open
 More: python train.py experiment=demo --cfg job   (the composed config)   docs/*.md, conf/sweep/README.md
 """,
     "eval": """\
-Evaluate a tokenizer: rFID, PSNR, SSIM, LPIPS and codebook usage over a validation set (video: rFVD and
-per-frame metrics on clips).
+Evaluate a tokenizer: rFID (video: rFVD), PSNR, SSIM, LPIPS and codebook usage over a validation set.
 
 Examples
   python eval.py ckpt=runs/demo/.../checkpoints/step_00000400.pt metrics=[psnr,ssim,usage]   # no weights needed
