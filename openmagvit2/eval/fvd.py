@@ -32,6 +32,7 @@ def prepare_for_i3d(clips_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 clips `b 3 t h w` -> float clips `b 3 t 224 224` in [-1, 1] on the same device, as the reference does."""
     frames = rearrange(clips_uint8, "b c t h w -> (b t) c h w").float()
     resized = F.interpolate(frames, size=(I3D_SIZE, I3D_SIZE), mode="bilinear", align_corners=False)
+    resized = resized.clamp(0.0, 255.0)  # bilinear weights summing to 1 + eps can step past 255 by float rounding
     return rearrange(2.0 * resized / 255.0 - 1.0, "(b t) c h w -> b c t h w", b=clips_uint8.shape[0])
 
 
