@@ -110,3 +110,24 @@ def test_image_data_for_a_video_model_and_the_reverse_are_refused(shards: Path, 
         validate_config(compose_config([*VIDEO_FAST, f"data.root={shards}", "task=tokenizer"]))
     with pytest.raises(ConfigError, match="data.frames=7"):
         validate_config(compose_config([*VIDEO_FAST, f"data.root={shards}", "data.frames=7"]))
+
+
+def test_two_rank_torchrun_resume_is_exact(shards: Path, tmp_path: Path) -> None:
+    """2 ranks under torchrun (gloo): the checkpoint holds each rank's data state, and N + N == 2N bitwise."""
+    from conftest import run_entry_point
+
+    def torchrun(run_dir: Path, max_steps: int, port: int) -> None:
+        result = run_entry_point(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                                  "train.py", *VIDEO_FAST, f"data.root={shards}", "train.batch_size=1",
+                                  f"train.max_steps={max_steps}", "train.ckpt_every=2", f"hydra.run.dir={run_dir}"],
+                                 timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    torchrun(tmp_path / "straight", 4, 29561)
+    torchrun(tmp_path / "split", 2, 29562)
+    torchrun(tmp_path / "split", 4, 29563)
+    a, b = load(latest_checkpoint(tmp_path / "straight")), load(latest_checkpoint(tmp_path / "split"))
+    assert a["step"] == b["step"] == 4 and len(a["data"]) == 2 and a["data"] == b["data"]
+    for part in ("generator", "generator_ema", "discriminator", "loss"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key} differs after a 2-rank resume"
