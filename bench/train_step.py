@@ -254,6 +254,15 @@ def compose_config(args: argparse.Namespace, overrides: list[str]) -> DictConfig
     return cfg
 
 
+def bench_device(name: str, threads: int) -> torch.device:
+    """The `--device` to measure on, with `--threads` torch threads; exits with a message when CUDA is absent."""
+    torch.set_num_threads(threads)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    return device
+
+
 def compose_run_config(overrides: list[str]) -> DictConfig:
     """The training config train.py composes from conf/ for these command-line overrides (not yet validated).
 
@@ -431,10 +440,7 @@ def row_figures(row: Row, base_s: float, reference_s: float | None, batch: int) 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
+    device = bench_device(args.device, args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     report: dict = {"device": device_name(device), "torch": torch.__version__, "experiment": args.experiment,
                     "image_size": args.image_size, "batch_size": args.batch_size, "bits": args.bits,

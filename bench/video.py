@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from lfq import peak_bytes  # noqa: E402
-from train_step import compose_run_config, device_name  # noqa: E402
+from train_step import bench_device, compose_run_config, device_name  # noqa: E402
 
 from openmagvit2.losses import TokenizerLoss, build_discriminator  # noqa: E402
 from openmagvit2.models import VideoTokenizer  # noqa: E402
@@ -313,10 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
+    device = bench_device(args.device, args.threads)
     report: dict = {"train": [], "readers": []}
     if not args.no_train:
         for arch in args.arch:
