@@ -42,7 +42,8 @@ def resolve_wandb_mode(mode: str) -> str:
 TERMINAL_KEYS: dict[str, str] = {"loss/g_total": "g_total", "loss/l1": "l1", "loss/d_total": "d_total",
                                  "val/psnr": "val_psnr", "val/usage": "val_usage",
                                  "loss/ar": "ar_loss", "acc/sub0": "acc0", "acc/sub1": "acc1",
-                                 "val/loss/ar": "val_nll", "img_per_s": "img/s", "tokens_per_s": "tok/s"}
+                                 "val/loss/ar": "val_nll", "img_per_s": "img/s", "clips_per_s": "clips/s",
+                                 "tokens_per_s": "tok/s"}
 METRICS_FILE = "metrics.jsonl"
 
 
