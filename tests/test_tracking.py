@@ -68,4 +68,5 @@ def test_tty_bar_status_keeps_losses_through_an_eval_and_library_logs_print_abov
         root.removeHandler(hydra_like)
     assert "skipped a corrupt image" in screen.getvalue()
     assert set(TERMINAL_KEYS) == {"loss/g_total", "loss/l1", "loss/d_total", "val/psnr", "val/usage", "img_per_s",
-                                  "loss/ar", "acc/sub0", "acc/sub1", "val/loss/ar", "tokens_per_s"}  # + Stage II
+                                  "loss/ar", "acc/sub0", "acc/sub1", "val/loss/ar", "tokens_per_s",  # + Stage II
+                                  "clips_per_s"}  # + video
