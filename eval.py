@@ -49,7 +49,11 @@ def validate(cfg: DictConfig, video: bool) -> list[str]:
         raise ConfigError("ckpt is required: python eval.py ckpt=<checkpoint .pt/.ckpt, save_pretrained folder or "
                           "hf://<released repo>>.")
     if hub.is_hub_name(str(cfg.ckpt)):
-        hub.lookup(str(cfg.ckpt))  # an unknown name is refused here; the download waits for the weights check
+        released = hub.lookup(str(cfg.ckpt))  # an unknown name is refused here; the download waits for weights
+        if (released.kind == "video_tokenizer") != video:
+            raise ConfigError(f"ckpt={cfg.ckpt} holds {'a video' if released.kind == 'video_tokenizer' else 'an image'} "
+                              f"tokenizer but data={cfg.data.name} holds {'clips' if video else 'images'}: evaluate "
+                              f"it on {'image data (e.g. data=imagenet_wds)' if video else 'data=video_wds'}.")
     elif not Path(cfg.ckpt).exists():
         raise ConfigError(f"ckpt={cfg.ckpt} does not exist; pass the path of a checkpoint file or folder, or "
                           f"hf://<released repo> (e.g. hf://{hub.RELEASED[0].repo_id}).")

@@ -74,3 +74,18 @@ def test_refusals_are_one_line_before_any_work(setup: tuple[Path, Path], tmp_pat
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("hf://TencentARC/Open-MAGVIT2-Tokenizer-262144-Video", ["data=sample"], "holds a video tokenizer but data=sample"),
+    ("hf://TencentARC/Open-MAGVIT2-Tokenizer-128-resolution", ["data=video_wds"],
+     "holds an image tokenizer but data=video_wds holds clips"),
+])
+def test_a_released_name_of_the_other_kind_is_refused_before_any_download(setup: tuple[Path, Path], tmp_path: Path,
+                                                                         name: str, data: list[str],
+                                                                         message: str) -> None:
+    shards, _ = setup
+    extra = [f"data.root={shards}"] if data == ["data=video_wds"] else []
+    result = run_entry_point(["eval.py", f"ckpt={name}", *data, *extra, f"hydra.run.dir={tmp_path}"],
+                             env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_hub")})
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
