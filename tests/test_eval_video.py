@@ -89,3 +89,16 @@ def test_a_released_name_of_the_other_kind_is_refused_before_any_download(setup:
     result = run_entry_point(["eval.py", f"ckpt={name}", *data, *extra, f"hydra.run.dir={tmp_path}"],
                              env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_hub")})
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_an_image_checkpoint_on_video_data_is_refused_in_one_line(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    from openmagvit2 import Tokenizer
+    from test_video_loading import IMAGE_TINY
+
+    shards, _ = setup
+    torch.save(released_layout(randomised(Tokenizer(**IMAGE_TINY), 1), randomised(Tokenizer(**IMAGE_TINY), 2)),
+               tmp_path / "image.ckpt")
+    result = run_entry_point(["eval.py", f"ckpt={tmp_path / 'image.ckpt'}", f"data.root={shards}", *COMMON,
+                              "metrics=[psnr]", f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "holds an image tokenizer" in result.stderr and "VideoTokenizer.inflate_from" in result.stderr

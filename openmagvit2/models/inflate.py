@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from openmagvit2.models.loading import GENERATOR_PREFIXES
+from openmagvit2.models.loading import GENERATOR_PREFIXES, CheckpointMismatchError
 
 T = TypeVar("T", bound=nn.Module)
 # Hyper-parameters an image tokenizer passes on to the video tokenizer it inflates into.
@@ -45,7 +45,7 @@ def inflate_tensor(image: torch.Tensor, shape: torch.Size, name: str) -> torch.T
         kernel = image.new_zeros(shape)
         kernel[:, :, shape[2] - 1] = image.repeat(repeats, 1, 1, 1)
         return kernel
-    raise ValueError(f"cannot inflate {name}: the image tensor has shape {tuple(image.shape)}, the video model "
+    raise CheckpointMismatchError(f"cannot inflate {name}: the image tensor has shape {tuple(image.shape)}, the video model "
                      f"expects {tuple(shape)}; the image tokenizer must have the same ch, ch_mult and num_res_blocks.")
 
 
@@ -55,12 +55,12 @@ def inflate_state(image_state: Mapping[str, torch.Tensor], video: nn.Module) -> 
     target = video.state_dict()
     missing = [key for key in target if image_key(key) not in image_state]
     if missing:
-        raise KeyError(f"the image tokenizer lacks {image_key(missing[0])} (for {missing[0]}; {len(missing)} in all): "
+        raise CheckpointMismatchError(f"the image tokenizer lacks {image_key(missing[0])} (for {missing[0]}; {len(missing)} in all): "
                        f"inflation needs an image tokenizer with adaptive_norm=True and the same ch, ch_mult, "
                        f"num_res_blocks and codebook_bits.")
     unused = sorted(set(image_state) - {image_key(key) for key in target})
     if unused:
-        raise KeyError(f"the image tokenizer has {unused[0]} which the video model lacks ({len(unused)} in all): "
+        raise CheckpointMismatchError(f"the image tokenizer has {unused[0]} which the video model lacks ({len(unused)} in all): "
                        f"use the same ch_mult and num_res_blocks as the image tokenizer.")
     return {key: inflate_tensor(image_state[image_key(key)], value.shape, key).to(value.dtype)
             for key, value in target.items()}
@@ -69,7 +69,7 @@ def inflate_state(image_state: Mapping[str, torch.Tensor], video: nn.Module) -> 
 def video_hparams_from_image(image_hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The video architecture matching an image tokenizer's hyper-parameters (the decoder always has adaptive norm)."""
     if not image_hparams.get("adaptive_norm", False):
-        raise ValueError("the image tokenizer has no adaptive GroupNorm (a v1 Base model): the video decoder has one "
+        raise CheckpointMismatchError("the image tokenizer has no adaptive GroupNorm (a v1 Base model): the video decoder has one "
                          "at every level, so inflate from an adaptive_norm=True (v2/v3 Large) tokenizer.")
     return {key: image_hparams[key] for key in SHARED_HPARAMS if key in image_hparams}
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from openmagvit2.models.loading import (FORMAT, GENERATOR_PREFIXES, load_generator_state, read_checkpoint,
+from openmagvit2.models.loading import (FORMAT, GENERATOR_PREFIXES, CheckpointMismatchError, load_generator_state,
+                                        read_checkpoint,
                                         released_generator_state, strip_wrapper_prefixes)
 from openmagvit2.models.video_config import resolve_video_model
 
@@ -34,7 +35,7 @@ def infer_video_hparams(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Architecture from the keys and shapes of a video generator state dict (released or ours)."""
     conv_in = state.get("encoder.conv_in.conv_1.weight")
     if conv_in is None or "encoder.conv_out.conv_1.weight" not in state:
-        raise ValueError("cannot infer the video architecture: the checkpoint has no encoder.conv_in.conv_1.weight / "
+        raise CheckpointMismatchError("cannot infer the video architecture: the checkpoint has no encoder.conv_in.conv_1.weight / "
                          "encoder.conv_out.conv_1.weight; pass model=<a preset name or a dict of hyper-parameters>.")
     ch = conv_in.shape[0]
     levels = 0
@@ -53,7 +54,7 @@ def infer_video_hparams(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 def refuse_image_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """An image tokenizer's weights cannot load into the video model: say how to inflate them instead."""
     if IMAGE_KEY in state:
-        raise ValueError(f"{path} holds an image tokenizer (2D kernels, {IMAGE_KEY}): build the video tokenizer with "
+        raise CheckpointMismatchError(f"{path} holds an image tokenizer (2D kernels, {IMAGE_KEY}): build the video tokenizer with "
                          f"VideoTokenizer.inflate_from({str(path)!r}) instead.")
 
 
@@ -69,7 +70,7 @@ def video_generator_state(checkpoint: Mapping[str, Any], names: list[str] | None
         return strip_wrapper_prefixes(state), source, dict(checkpoint["tokenizer_hparams"])
     raw = strip_wrapper_prefixes(checkpoint.get("state_dict", checkpoint))
     if not any(key.startswith(GENERATOR_PREFIXES) for key in raw):
-        raise ValueError(f"{path} has no encoder.*/decoder.* weights: it is neither an openmagvit2 checkpoint nor an "
+        raise CheckpointMismatchError(f"{path} has no encoder.*/decoder.* weights: it is neither an openmagvit2 checkpoint nor an "
                          f"Open-MAGVIT2 video tokenizer .ckpt.")
     if names is None:
         return {key: value for key, value in raw.items() if key.startswith(GENERATOR_PREFIXES)}, "raw", None
@@ -85,7 +86,7 @@ def load_video_tokenizer(cls: type[T], path: str | Path, model: str | Mapping[st
         raise FileNotFoundError(f"no checkpoint at {path}: pass a video tokenizer .pt/.ckpt file.")
     checkpoint = read_video_checkpoint(path, map_location)
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"{path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
+        raise CheckpointMismatchError(f"{path} is not a checkpoint dict (got {type(checkpoint).__name__}).")
     raw_state, _, our_hparams = video_generator_state(checkpoint, None, use_ema=False, path=path)
     refuse_image_state(raw_state, path)
     if model is not None:
