@@ -53,6 +53,13 @@ def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
     check(value in choices, key, value, "one of " + ", ".join(choices))
 
 
+def plain_dict(values: Any) -> dict[str, Any]:
+    """A plain dict from a dict, an OmegaConf DictConfig (resolved) or any other mapping."""
+    if isinstance(values, DictConfig):
+        return dict(OmegaConf.to_container(values, resolve=True))
+    return dict(values)
+
+
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise ConfigError "<key>=<value> is invalid: expected <allowed>." unless `ok`."""
     if not ok:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from openmagvit2.eval.pixel import PSNR, psnr_per_image, ssim_per_image
 from openmagvit2.io.checksum import file_sha256
 from openmagvit2.io.safe_load import CheckpointError
 from openmagvit2.models import video_model_preset
+from test_eval import random_lpips  # LPIPS with a random trunk, built once
 
 I3D_FILE = "i3d_pretrained_400.pt"
 
@@ -316,16 +316,6 @@ def test_per_frame_psnr_of_clips_equals_psnr_of_the_same_frames_as_images():
         as_images.update(EvalBatch(clips[:, :, t], recons[:, :, t], torch.zeros(1)))
     assert as_clips.count.item() == as_images.count.item() == 15
     assert as_clips.compute()["psnr"] == pytest.approx(as_images.compute()["psnr"], rel=1e-12)
-
-
-@functools.lru_cache(maxsize=1)
-def random_lpips() -> torch.nn.Module:
-    import lpips
-
-    torch.manual_seed(7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
 
 
 @pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from openmagvit2.config import plain_dict
+
 MAX_TOKEN_BITS = 30  # indices must stay exact in int64 and in float32 code tables (as the LFQ)
 
 
@@ -117,7 +119,7 @@ class ARModelConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ARModelConfig:
         """From a dict or DictConfig of keywords; a `name` key is ignored, unknown keys are refused."""
-        plain = _plain(values)
+        plain = plain_dict(values)
         plain.pop("name", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(plain) - known)
@@ -151,14 +153,3 @@ def resolve_config(model: str | Mapping[str, Any] | ARModelConfig) -> ARModelCon
     if isinstance(model, str):
         return ar_model_config(model)
     return ARModelConfig.from_mapping(model)
-
-
-def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict from a dict or an OmegaConf DictConfig."""
-    if isinstance(values, dict):
-        return dict(values)
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(values, DictConfig):
-        return dict(OmegaConf.to_container(values, resolve=True))
-    return dict(values)

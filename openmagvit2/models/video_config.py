@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openmagvit2.models.blocks import GROUPS
-from openmagvit2.config import MAX_CODEBOOK_BITS
+from openmagvit2.config import MAX_CODEBOOK_BITS, plain_dict
 from openmagvit2.models.quantizer import BIT_ORDERS
 
 @dataclass
@@ -62,7 +62,7 @@ class VideoModelConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> VideoModelConfig:
         """From a dict or DictConfig (a `name` key is ignored); unknown keys are refused, naming the allowed ones."""
-        plain = _plain(values)
+        plain = plain_dict(values)
         plain.pop("name", None)
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(plain) - set(allowed))
@@ -111,17 +111,6 @@ def resolve_video_model(model: str | Mapping[str, Any]) -> dict[str, Any]:
     """Hyper-parameters from a preset name (`conf/video_model` option) or a dict (a `name` key is ignored)."""
     if isinstance(model, str):
         return video_model_preset(model)
-    values = _plain(model)
+    values = plain_dict(model)
     values.pop("name", None)
     return values
-
-
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict from a dict or an OmegaConf DictConfig."""
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return dict(OmegaConf.to_container(cfg, resolve=True))
-    return dict(cfg)
